@@ -1,0 +1,381 @@
+//! Who is in the chat: unique nicknames, sessions, and the reconnect grace period.
+//!
+//! A person is an entry with a nickname and a session token. The entry is held by one connection
+//! at a time, or by none while the person is in the grace period after a dropped connection. The
+//! count and the users list include people in the grace period: for the others nothing has
+//! happened until the period ends.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{ChatError, ErrorCode, StoreFuture};
+
+/// A connection's id, as the transport names it. Opaque to the domain.
+pub type ConnId = String;
+
+/// The outcome of a successful join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The nickname the person holds now.
+    pub username: String,
+    /// The nickname asked for, when a variant was given instead.
+    pub renamed_from: Option<String>,
+    pub session: String,
+    /// True when the person was already in the chat (session or grace-period take-over): nobody
+    /// should be told that someone joined.
+    pub resumed: bool,
+    /// A connection that held this person until now and must be closed without a "left".
+    pub replaced: Option<ConnId>,
+    pub num_users: usize,
+    pub users: Vec<String>,
+}
+
+/// Someone who has left, to be announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Left {
+    pub username: String,
+    pub num_users: usize,
+}
+
+/// A person whose connection dropped: their entry stays until `expire` with this generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspended {
+    pub session: String,
+    pub generation: u64,
+}
+
+/// A join request, already validated.
+#[derive(Debug, Clone)]
+pub struct JoinRequest<'a> {
+    pub room: &'a str,
+    pub nickname: &'a str,
+    pub session: Option<&'a str>,
+    pub conn: &'a str,
+    pub max_name_chars: usize,
+}
+
+/// The presence store. One implementation per deployment, chosen at start-up.
+pub trait Presence: Send + Sync + 'static {
+    fn join<'a>(&'a self, req: JoinRequest<'a>) -> StoreFuture<'a, Joined>;
+    /// The connection left on purpose: remove its person now. `None` when the connection held
+    /// nobody (it never joined, or it was replaced).
+    fn leave<'a>(&'a self, room: &'a str, conn: &'a str) -> StoreFuture<'a, Option<Left>>;
+    /// The connection dropped: keep its person, unheld, until `expire`.
+    fn suspend<'a>(&'a self, room: &'a str, conn: &'a str) -> StoreFuture<'a, Option<Suspended>>;
+    /// The grace period is over: remove the person if nobody took it back meanwhile.
+    fn expire<'a>(&'a self, room: &'a str, s: &'a Suspended) -> StoreFuture<'a, Option<Left>>;
+    /// The number of people and their nicknames, sorted case-insensitively.
+    fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)>;
+}
+
+/// A fresh, unguessable session token: 128 random bits as hex.
+pub fn new_session_token() -> String {
+    let bits: u128 = rand::random();
+    format!("{bits:032x}")
+}
+
+/// The key under which nicknames are compared: "Alice" and "alice" are the same person.
+pub fn name_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
+/// The n-th variant of a nickname, shortened so that it stays within the limit.
+pub fn variant(name: &str, n: u32, max_chars: usize) -> String {
+    let suffix = format!(" ({n})");
+    let keep = max_chars.saturating_sub(suffix.chars().count());
+    let base: String = name.chars().take(keep).collect();
+    format!("{}{suffix}", base.trim_end())
+}
+
+/// How many variants are tried before a nickname is refused as taken.
+pub const MAX_VARIANTS: u32 = 99;
+
+/// The in-process presence store.
+#[derive(Default)]
+pub struct MemoryPresence {
+    rooms: Mutex<HashMap<String, RoomPresence>>,
+}
+
+#[derive(Default)]
+struct RoomPresence {
+    /// People by `name_key`.
+    people: HashMap<String, Person>,
+    sessions: HashMap<String, String>,
+    conns: HashMap<ConnId, String>,
+}
+
+struct Person {
+    username: String,
+    session: String,
+    conn: Option<ConnId>,
+    generation: u64,
+}
+
+impl RoomPresence {
+    fn join(&mut self, req: &JoinRequest<'_>) -> Result<Joined, ChatError> {
+        let conn = req.conn.to_owned();
+        // 1. The session token names a person still here: take it over.
+        if let Some(key) = req.session.and_then(|s| self.sessions.get(s)).cloned() {
+            return Ok(self.take_over(&key, conn, false));
+        }
+        // 2. The nickname belongs to someone in the grace period: they are back (the classic page
+        //    re-sends `add user` without a token after reconnecting).
+        let key = name_key(req.nickname);
+        if self.people.get(&key).is_some_and(|p| p.conn.is_none()) {
+            return Ok(self.take_over(&key, conn, true));
+        }
+        // 3. A new person, under the nickname or its first free variant.
+        let (username, key) = if self.people.contains_key(&key) {
+            (1..=MAX_VARIANTS)
+                .skip(1)
+                .map(|n| variant(req.nickname, n, req.max_name_chars))
+                .map(|v| {
+                    let k = name_key(&v);
+                    (v, k)
+                })
+                .find(|(_, k)| !self.people.contains_key(k))
+                .ok_or_else(|| {
+                    ChatError::new(
+                        ErrorCode::NameTaken,
+                        format!("the nickname {:?} and its variants are taken", req.nickname),
+                    )
+                })?
+        } else {
+            (req.nickname.to_owned(), key)
+        };
+        let session = new_session_token();
+        self.sessions.insert(session.clone(), key.clone());
+        self.conns.insert(conn.clone(), key.clone());
+        self.people.insert(
+            key,
+            Person {
+                username: username.clone(),
+                session: session.clone(),
+                conn: Some(conn),
+                generation: 0,
+            },
+        );
+        let (num_users, users) = self.users();
+        Ok(Joined {
+            renamed_from: (username != req.nickname).then(|| req.nickname.to_owned()),
+            username,
+            session,
+            resumed: false,
+            replaced: None,
+            num_users,
+            users,
+        })
+    }
+
+    /// Moves the person under `key` to `conn`. With `new_session`, the old token stops working:
+    /// whoever took the name back by nickname alone does not share a token with its last holder.
+    fn take_over(&mut self, key: &str, conn: ConnId, new_session: bool) -> Joined {
+        let person = self.people.get_mut(key).expect("indexed person exists");
+        if new_session {
+            self.sessions.remove(&person.session);
+            person.session = new_session_token();
+            self.sessions.insert(person.session.clone(), key.to_owned());
+        }
+        let previous = person.conn.replace(conn.clone());
+        person.generation += 1;
+        let (username, session) = (person.username.clone(), person.session.clone());
+        let replaced = previous.filter(|p| *p != conn);
+        if let Some(old) = &replaced {
+            self.conns.remove(old);
+        }
+        self.conns.insert(conn, key.to_owned());
+        let (num_users, users) = self.users();
+        Joined {
+            username,
+            renamed_from: None,
+            session,
+            resumed: true,
+            replaced,
+            num_users,
+            users,
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Left> {
+        let person = self.people.remove(key)?;
+        self.sessions.remove(&person.session);
+        if let Some(conn) = &person.conn {
+            self.conns.remove(conn);
+        }
+        Some(Left {
+            username: person.username,
+            num_users: self.people.len(),
+        })
+    }
+
+    fn users(&self) -> (usize, Vec<String>) {
+        let mut users: Vec<String> = self.people.values().map(|p| p.username.clone()).collect();
+        users.sort_by_cached_key(|u| (name_key(u), u.clone()));
+        (users.len(), users)
+    }
+}
+
+impl MemoryPresence {
+    fn with_room<T>(&self, room: &str, f: impl FnOnce(&mut RoomPresence) -> T) -> T {
+        // See `MemoryHistory::with_room` on poisoning.
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        f(rooms.entry(room.to_owned()).or_default())
+    }
+}
+
+impl Presence for MemoryPresence {
+    fn join<'a>(&'a self, req: JoinRequest<'a>) -> StoreFuture<'a, Joined> {
+        let result = self.with_room(req.room, |r| r.join(&req));
+        Box::pin(async move { result })
+    }
+
+    fn leave<'a>(&'a self, room: &'a str, conn: &'a str) -> StoreFuture<'a, Option<Left>> {
+        let left = self.with_room(room, |r| {
+            let key = r.conns.get(conn).cloned()?;
+            r.remove(&key)
+        });
+        Box::pin(async move { Ok(left) })
+    }
+
+    fn suspend<'a>(&'a self, room: &'a str, conn: &'a str) -> StoreFuture<'a, Option<Suspended>> {
+        let suspended = self.with_room(room, |r| {
+            let key = r.conns.remove(conn)?;
+            let person = r.people.get_mut(&key)?;
+            person.conn = None;
+            person.generation += 1;
+            Some(Suspended {
+                session: person.session.clone(),
+                generation: person.generation,
+            })
+        });
+        Box::pin(async move { Ok(suspended) })
+    }
+
+    fn expire<'a>(&'a self, room: &'a str, s: &'a Suspended) -> StoreFuture<'a, Option<Left>> {
+        let left = self.with_room(room, |r| {
+            let key = r.sessions.get(&s.session)?.clone();
+            let person = r.people.get(&key)?;
+            if person.conn.is_some() || person.generation != s.generation {
+                return None;
+            }
+            r.remove(&key)
+        });
+        Box::pin(async move { Ok(left) })
+    }
+
+    fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)> {
+        let users = self.with_room(room, |r| r.users());
+        Box::pin(async move { Ok(users) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a>(nickname: &'a str, conn: &'a str, session: Option<&'a str>) -> JoinRequest<'a> {
+        JoinRequest {
+            room: "r",
+            nickname,
+            session,
+            conn,
+            max_name_chars: 32,
+        }
+    }
+
+    #[tokio::test]
+    async fn join_and_leave() {
+        let p = MemoryPresence::default();
+        let a = p.join(req("alice", "c1", None)).await.unwrap();
+        assert_eq!((a.username.as_str(), a.num_users, a.resumed), ("alice", 1, false));
+        let b = p.join(req("Bob", "c2", None)).await.unwrap();
+        assert_eq!(b.users, vec!["alice", "Bob"]);
+        let left = p.leave("r", "c1").await.unwrap().unwrap();
+        assert_eq!((left.username.as_str(), left.num_users), ("alice", 1));
+        assert_eq!(p.leave("r", "c1").await.unwrap(), None);
+        assert_eq!(p.leave("r", "never-joined").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn taken_names_get_variants() {
+        let p = MemoryPresence::default();
+        p.join(req("alice", "c1", None)).await.unwrap();
+        let second = p.join(req("ALICE", "c2", None)).await.unwrap();
+        assert_eq!(second.username, "ALICE (2)");
+        assert_eq!(second.renamed_from.as_deref(), Some("ALICE"));
+        let third = p.join(req("alice", "c3", None)).await.unwrap();
+        assert_eq!(third.username, "alice (3)");
+        assert_eq!(third.num_users, 3);
+        let long = "x".repeat(32);
+        p.join(req(&long, "c4", None)).await.unwrap();
+        let v = p.join(req(&long, "c5", None)).await.unwrap();
+        assert_eq!(v.username, format!("{} (2)", "x".repeat(28)));
+    }
+
+    #[tokio::test]
+    async fn name_taken_when_no_variant_is_free() {
+        let p = MemoryPresence::default();
+        for i in 0..MAX_VARIANTS {
+            p.join(req("a", &format!("c{i}"), None)).await.unwrap();
+        }
+        let err = p.join(req("a", "last", None)).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::NameTaken);
+    }
+
+    #[tokio::test]
+    async fn grace_period_resume_by_session_or_name() {
+        let p = MemoryPresence::default();
+        let a = p.join(req("alice", "c1", None)).await.unwrap();
+        let s = p.suspend("r", "c1").await.unwrap().unwrap();
+        // Still counted while suspended.
+        assert_eq!(p.users("r").await.unwrap().0, 1);
+        let back = p.join(req("whatever", "c2", Some(&a.session))).await.unwrap();
+        assert!(back.resumed);
+        assert_eq!((back.username.as_str(), back.num_users), ("alice", 1));
+        assert_eq!(back.replaced, None);
+        // The old timer must not remove the person who came back.
+        assert_eq!(p.expire("r", &s).await.unwrap(), None);
+
+        // Dropped again, then back by nickname alone: a new token.
+        p.suspend("r", "c2").await.unwrap().unwrap();
+        let by_name = p.join(req("Alice", "c3", None)).await.unwrap();
+        assert!(by_name.resumed);
+        assert_eq!(by_name.username, "alice");
+        assert_ne!(by_name.session, a.session);
+    }
+
+    #[tokio::test]
+    async fn expiry_reports_left() {
+        let p = MemoryPresence::default();
+        p.join(req("alice", "c1", None)).await.unwrap();
+        p.join(req("bob", "c2", None)).await.unwrap();
+        let s = p.suspend("r", "c1").await.unwrap().unwrap();
+        let left = p.expire("r", &s).await.unwrap().unwrap();
+        assert_eq!((left.username.as_str(), left.num_users), ("alice", 1));
+        assert_eq!(p.expire("r", &s).await.unwrap(), None);
+        // The name is free again.
+        let again = p.join(req("alice", "c3", None)).await.unwrap();
+        assert!(!again.resumed);
+    }
+
+    #[tokio::test]
+    async fn session_takes_over_a_live_ghost() {
+        let p = MemoryPresence::default();
+        let a = p.join(req("alice", "c1", None)).await.unwrap();
+        let back = p.join(req("alice", "c2", Some(&a.session))).await.unwrap();
+        assert_eq!(back.replaced.as_deref(), Some("c1"));
+        assert_eq!(back.num_users, 1);
+        // The ghost's later disconnect reports nothing.
+        assert_eq!(p.leave("r", "c1").await.unwrap(), None);
+        assert_eq!(p.users("r").await.unwrap().0, 1);
+    }
+
+    #[tokio::test]
+    async fn a_live_holder_without_token_is_not_taken_over() {
+        let p = MemoryPresence::default();
+        p.join(req("alice", "c1", None)).await.unwrap();
+        let other = p.join(req("alice", "c2", Some("forged"))).await.unwrap();
+        assert_eq!(other.username, "alice (2)");
+        assert!(!other.resumed);
+    }
+}

@@ -1,0 +1,186 @@
+//! Settings, from flags and the environment. Every default runs a full single-instance chat.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+
+use crate::chat::Limits;
+
+/// Banter: a real-time chat server that speaks Socket.IO, a drop-in for the classic Node.js chat
+/// example. Every setting can also be given in the environment variable named beside it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "banter", version, about, max_term_width = 100)]
+pub struct Config {
+    /// Address to listen on. Use 0.0.0.0 (or ::) to accept connections from other machines, as a
+    /// container does.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// TCP port to listen on; 0 picks a free one (the chosen port is printed at start).
+    #[arg(long, short, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Which Socket.IO transports clients may use, comma separated. "websocket" alone is the
+    /// troubleshooting mode that needs no sticky sessions; "polling" alone suits proxies that
+    /// block WebSocket.
+    #[arg(
+        long,
+        env = "BANTER_TRANSPORTS",
+        value_delimiter = ',',
+        default_value = "polling,websocket"
+    )]
+    pub transports: Vec<Transport>,
+
+    /// Engine.IO heartbeat: how often the server pings each client, in milliseconds.
+    #[arg(long, env = "BANTER_PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+
+    /// Engine.IO heartbeat: how long a client may take to answer a ping before it is
+    /// disconnected, in milliseconds.
+    #[arg(long, env = "BANTER_PING_TIMEOUT_MS", default_value_t = 20_000)]
+    pub ping_timeout_ms: u64,
+
+    /// Largest Engine.IO packet accepted from a client, in bytes (Node's default: 1 MB). A client
+    /// that sends more is disconnected.
+    #[arg(long, env = "BANTER_MAX_PAYLOAD_BYTES", default_value_t = 1_000_000)]
+    pub max_payload_bytes: u64,
+
+    /// Longest nickname, in characters (after trimming white space).
+    #[arg(long, env = "BANTER_MAX_NAME_CHARS", default_value_t = 32)]
+    pub max_name_chars: usize,
+
+    /// Longest chat message, in characters.
+    #[arg(long, env = "BANTER_MAX_MESSAGE_CHARS", default_value_t = 2_000)]
+    pub max_message_chars: usize,
+
+    /// How many recent messages are kept per room and sent to people who join.
+    #[arg(long, env = "BANTER_HISTORY_LEN", default_value_t = 100)]
+    pub history_len: usize,
+
+    /// Messages per second that one socket may send over time.
+    #[arg(long, env = "BANTER_MESSAGE_RATE", default_value_t = 5.0)]
+    pub message_rate: f64,
+
+    /// Messages that one socket may send at once before the rate applies.
+    #[arg(long, env = "BANTER_MESSAGE_BURST", default_value_t = 10)]
+    pub message_burst: u32,
+
+    /// Typing notices per second that one socket may send; more are dropped silently.
+    #[arg(long, env = "BANTER_TYPING_RATE", default_value_t = 4.0)]
+    pub typing_rate: f64,
+
+    /// How long a person whose connection dropped stays in the chat (keeping the nickname, not
+    /// reported as left) waiting to reconnect, in milliseconds.
+    #[arg(long, env = "BANTER_RECONNECT_GRACE_MS", default_value_t = 10_000)]
+    pub reconnect_grace_ms: u64,
+
+    /// On SIGTERM or Ctrl-C, how long to wait for connections to close before exiting anyway,
+    /// in milliseconds.
+    #[arg(long, env = "BANTER_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// Log format: "text" for people, "json" for log collectors. The level is set with RUST_LOG
+    /// (default: info).
+    #[arg(long, env = "BANTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// A Socket.IO transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Polling,
+    Websocket,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    /// The defaults of every flag, as if no flag was given (the environment still applies).
+    fn default() -> Self {
+        Config::parse_from(["banter"])
+    }
+}
+
+impl Config {
+    /// Checks what clap cannot check alone. Called once at start-up.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.transports.is_empty() {
+            bail!("--transports needs at least one of: polling, websocket");
+        }
+        if self.max_name_chars < 8 {
+            bail!("--max-name-chars must be at least 8 (so that variants like \"ab (12)\" fit)");
+        }
+        if self.max_message_chars == 0 {
+            bail!("--max-message-chars must be at least 1");
+        }
+        if !(self.message_rate.is_finite() && self.message_rate > 0.0) {
+            bail!("--message-rate must be a positive number");
+        }
+        if !(self.typing_rate.is_finite() && self.typing_rate > 0.0) {
+            bail!("--typing-rate must be a positive number");
+        }
+        if self.message_burst == 0 {
+            bail!("--message-burst must be at least 1");
+        }
+        if self.ping_interval_ms == 0 || self.ping_timeout_ms == 0 {
+            bail!("--ping-interval-ms and --ping-timeout-ms must be positive");
+        }
+        if self.max_payload_bytes < 1_024 {
+            bail!("--max-payload-bytes must be at least 1024");
+        }
+        usize::try_from(self.max_payload_bytes).context("--max-payload-bytes is too large")?;
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_name_chars: self.max_name_chars,
+            max_message_chars: self.max_message_chars,
+        }
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+
+    pub fn reconnect_grace(&self) -> Duration {
+        Duration::from_millis(self.reconnect_grace_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::parse_from(["banter"]);
+        c.validate().unwrap();
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.max_payload_bytes, 1_000_000);
+        assert_eq!(c.transports, vec![Transport::Polling, Transport::Websocket]);
+    }
+
+    #[test]
+    fn flags_parse_and_bad_values_are_refused() {
+        let c = Config::parse_from(["banter", "--transports", "websocket", "-p", "0"]);
+        assert_eq!(c.transports, vec![Transport::Websocket]);
+        assert!(Config::try_parse_from(["banter", "--transports", "carrier-pigeon"]).is_err());
+        let c = Config::parse_from(["banter", "--message-rate", "0"]);
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Banter: a real-time chat server that speaks Socket.IO, a drop-in for the classic Node.js chat
+//! example. See `ARCHITECTURE.md` for the map of this crate.
+
+#![forbid(unsafe_code)]
+
+pub mod chat;
+pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod shutdown;
+pub mod socket;
+pub mod telemetry;
+pub mod web;
+
+pub use config::Config;

@@ -1,0 +1,22 @@
+//! The `banter` binary: parse settings, start logging, bind, serve until a signal.
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = banter::Config::parse();
+    config.validate()?;
+    banter::telemetry::init(config.log_format);
+
+    let listener = TcpListener::bind((config.host, config.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    let addr = listener.local_addr().context("cannot read the bound address")?;
+    // Tools and tests read this line to find the port when PORT=0.
+    println!("banter listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+
+    banter::server::run(listener, config, banter::shutdown::signal()).await
+}

@@ -1,0 +1,511 @@
+//! The Socket.IO side of the chat: one handler per event, each validating its input, calling the
+//! chat domain, and answering with an ack, an `error message`, or a broadcast.
+//!
+//! Handlers are generic over the socketioxide `Adapter`, so the same code serves the in-process
+//! adapter and a cluster adapter. A handler never panics on client input: every argument is read
+//! as a raw JSON value and checked here.
+
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Event, Extension, SocketRef, State, TryData};
+use socketioxide::handler::FromMessageParts;
+use socketioxide::socket::{DisconnectReason, Sid, Socket};
+
+use crate::chat::{
+    ChatError, ErrorCode, History, Joined, LOBBY, Limits, Presence, StoredMessage, TokenBucket,
+};
+use crate::chat::{JoinRequest, Suspended};
+use crate::protocol::{
+    AddUser, Auth, Login, MessageAck, Refusal, Typing, UserChange, UserList, inbound, outbound,
+};
+
+/// Longest session token accepted in the handshake; real ones are 32 characters.
+const MAX_SESSION_TOKEN_LEN: usize = 64;
+
+/// Longest part of an unknown event's name echoed back in the error.
+const MAX_ECHOED_EVENT_CHARS: usize = 40;
+
+/// Settings of the chat that handlers need.
+#[derive(Debug, Clone)]
+pub struct ChatSettings {
+    pub limits: Limits,
+    pub history_len: usize,
+    pub message_rate: f64,
+    pub message_burst: u32,
+    pub typing_rate: f64,
+    pub reconnect_grace: Duration,
+}
+
+/// What every handler shares: the stores and the settings. Cheap to clone.
+#[derive(Clone)]
+pub struct ChatContext {
+    pub presence: Arc<dyn Presence>,
+    pub history: Arc<dyn History>,
+    pub settings: Arc<ChatSettings>,
+}
+
+/// The state of one connection, kept in the socket's extensions.
+struct Conn {
+    /// The session token from the handshake `auth`, if the client sent one.
+    auth_session: Option<String>,
+    member: Mutex<Membership>,
+    messages: Mutex<TokenBucket>,
+    typing: Mutex<TokenBucket>,
+}
+
+enum Membership {
+    /// Connected, has not sent `add user`.
+    Anonymous,
+    /// An `add user` is being handled: a second one, even concurrent, is ignored.
+    Joining,
+    Joined(Member),
+}
+
+#[derive(Clone)]
+struct Member {
+    room: &'static str,
+    username: Arc<str>,
+    typing: bool,
+}
+
+impl Conn {
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        // Membership is a plain value that any code path leaves consistent.
+        self.member.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn member(&self) -> Option<Member> {
+        match &*self.membership() {
+            Membership::Joined(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    /// Marks the connection as joining; false when it has already joined or is joining.
+    fn begin_join(&self) -> bool {
+        let mut m = self.membership();
+        if !matches!(*m, Membership::Anonymous) {
+            return false;
+        }
+        *m = Membership::Joining;
+        true
+    }
+
+    fn finish_join(&self, member: Option<Member>) {
+        *self.membership() = member.map_or(Membership::Anonymous, Membership::Joined);
+    }
+
+    fn take_member(&self) -> Option<Member> {
+        match std::mem::replace(&mut *self.membership(), Membership::Anonymous) {
+            Membership::Joined(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Records a typing state change. Returns the member to announce it for, or `None` when it is
+    /// no change (a repeated `typing`) or the socket is over its typing rate.
+    fn typing_change(&self, typing: bool) -> Option<Member> {
+        let mut m = self.membership();
+        let Membership::Joined(member) = &mut *m else {
+            return None;
+        };
+        if member.typing == typing {
+            return None;
+        }
+        if !self.typing.lock().unwrap_or_else(|e| e.into_inner()).try_take() {
+            return None;
+        }
+        member.typing = typing;
+        Some(member.clone())
+    }
+}
+
+/// Replies to a client request: through its ack when it asked for one, else (for refusals) with
+/// an `error message` event.
+pub struct Reply<A: Adapter> {
+    ack: AckSender<A>,
+    wants_ack: bool,
+}
+
+impl<A: Adapter> FromMessageParts<A> for Reply<A> {
+    type Error = Infallible;
+
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        v: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        Ok(Self {
+            ack: AckSender::from_message_parts(s, v, ack_id)?,
+            wants_ack: ack_id.is_some(),
+        })
+    }
+}
+
+impl<A: Adapter> Reply<A> {
+    fn ok<T: Serialize + ?Sized>(self, value: &T) {
+        if let Err(err) = self.ack.send(value) {
+            tracing::debug!(%err, "could not send an ack");
+        }
+    }
+
+    fn refuse(self, socket: &SocketRef<A>, error: &ChatError) {
+        tracing::debug!(sid = %socket.id, code = error.code.as_str(), "request refused");
+        if self.wants_ack {
+            self.ok(&Refusal { error });
+        } else {
+            emit(socket, outbound::ERROR_MESSAGE, error);
+        }
+    }
+}
+
+/// Sends to one socket. A full or closed socket is not an error of the handler: the client is
+/// gone or too slow, and the disconnect path cleans up.
+fn emit<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &'static str, data: &T) {
+    if let Err(err) = socket.emit(event, data) {
+        tracing::debug!(sid = %socket.id, event, %err, "could not emit to socket");
+    }
+}
+
+fn bad_request(what: &str) -> ChatError {
+    ChatError::new(ErrorCode::BadRequest, what.to_owned())
+}
+
+/// The namespace's connect handler: registers every event handler on the new socket.
+pub async fn on_connect<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(auth): TryData<Auth>,
+    State(ctx): State<ChatContext>,
+) {
+    let auth_session = auth
+        .ok()
+        .and_then(|a| a.session)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_SESSION_TOKEN_LEN);
+    let settings = &ctx.settings;
+    socket.extensions.insert(Arc::new(Conn {
+        auth_session,
+        member: Mutex::new(Membership::Anonymous),
+        messages: Mutex::new(TokenBucket::new(
+            settings.message_rate,
+            settings.message_burst,
+        )),
+        typing: Mutex::new(TokenBucket::new(
+            settings.typing_rate,
+            (settings.typing_rate * 2.0).ceil() as u32,
+        )),
+    }));
+    tracing::debug!(sid = %socket.id, transport = ?socket.transport_type(), "connected");
+
+    socket.on(inbound::ADD_USER, add_user::<A>);
+    socket.on(inbound::NEW_MESSAGE, new_message::<A>);
+    socket.on(inbound::TYPING, typing::<A>);
+    socket.on(inbound::STOP_TYPING, stop_typing::<A>);
+    socket.on(inbound::LIST_USERS, list_users::<A>);
+    socket.on_fallback(unknown_event::<A>);
+    socket.on_disconnect(on_disconnect::<A>);
+}
+
+async fn add_user<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(arg): TryData<Value>,
+    reply: Reply<A>,
+    State(ctx): State<ChatContext>,
+    Extension(conn): Extension<Arc<Conn>>,
+    io: SocketIo<A>,
+) {
+    if !conn.begin_join() {
+        // The classic contract: a second `add user` is ignored. Only a client that asked for an
+        // ack is told why nothing happened.
+        if reply.wants_ack {
+            let err = ChatError::new(ErrorCode::AlreadyJoined, "this socket has already joined");
+            reply.refuse(&socket, &err);
+        }
+        return;
+    }
+    match join(&socket, &io, &ctx, &conn, arg.ok()).await {
+        Ok((member, joined, login)) => {
+            conn.finish_join(Some(member));
+            reply.ok(&login);
+            announce_join(&socket, &joined).await;
+        }
+        Err(err) => {
+            conn.finish_join(None);
+            reply.refuse(&socket, &err);
+        }
+    }
+}
+
+/// Validates `add user`, registers the person, subscribes the socket to the room and sends
+/// `login`. Returns what the caller needs to finish: the member, the join outcome, and the login
+/// payload (for the ack).
+async fn join<A: Adapter>(
+    socket: &SocketRef<A>,
+    io: &SocketIo<A>,
+    ctx: &ChatContext,
+    conn: &Conn,
+    arg: Option<Value>,
+) -> Result<(Member, Joined, serde_json::Value), ChatError> {
+    let request: AddUser = arg
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| bad_request("add user takes a nickname or {username, lastId}"))?;
+    let nickname = ctx.settings.limits.nickname(request.username())?;
+    let sid = socket.id.to_string();
+    let room = LOBBY;
+    let joined = ctx
+        .presence
+        .join(JoinRequest {
+            room,
+            nickname: &nickname,
+            session: conn.auth_session.as_deref(),
+            conn: &sid,
+            max_name_chars: ctx.settings.limits.max_name_chars,
+        })
+        .await?;
+
+    // Subscribe before reading the history: a message sent in between then arrives twice (the
+    // client drops the copy by id) rather than not at all.
+    socket.join(room);
+    let page = ctx
+        .history
+        .page(room, request.last_id(), ctx.settings.history_len)
+        .await;
+    let page = match page {
+        Ok(page) => page,
+        Err(err) => {
+            // The person is registered; without history they can still chat. Say so honestly.
+            tracing::warn!(%err, "could not read history for a joining user");
+            crate::chat::HistoryPage {
+                messages: Vec::new(),
+                complete: false,
+            }
+        }
+    };
+
+    if let Some(old) = &joined.replaced {
+        replace_socket(io, old);
+    }
+    let login = Login {
+        num_users: joined.num_users,
+        username: &joined.username,
+        renamed_from: joined.renamed_from.as_deref(),
+        users: &joined.users,
+        history: &page.messages,
+        history_complete: page.complete,
+        session: &joined.session,
+        room,
+    };
+    emit(socket, outbound::LOGIN, &login);
+    let login = serde_json::to_value(&login).map_err(|_| ChatError::unavailable())?;
+    tracing::info!(sid = %socket.id, resumed = joined.resumed, users = joined.num_users, "user joined");
+    let member = Member {
+        room,
+        username: Arc::from(joined.username.as_str()),
+        typing: false,
+    };
+    Ok((member, joined, login))
+}
+
+async fn announce_join<A: Adapter>(socket: &SocketRef<A>, joined: &Joined) {
+    if joined.resumed {
+        return;
+    }
+    let change = UserChange {
+        username: &joined.username,
+        num_users: joined.num_users,
+    };
+    broadcast(socket.to(LOBBY), outbound::USER_JOINED, &change).await;
+}
+
+/// Closes the socket that held a person until another socket presented its session.
+fn replace_socket<A: Adapter>(io: &SocketIo<A>, old: &str) {
+    let Ok(sid) = Sid::from_str(old) else { return };
+    let Some(old) = io.get_socket(sid) else {
+        return;
+    };
+    let err = ChatError::new(
+        ErrorCode::Replaced,
+        "you joined again from another connection; this one is closed",
+    );
+    emit(&old, outbound::ERROR_MESSAGE, &err);
+    if let Err(err) = old.disconnect() {
+        tracing::debug!(%err, "replaced socket was already gone");
+    }
+}
+
+async fn new_message<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(arg): TryData<Value>,
+    reply: Reply<A>,
+    State(ctx): State<ChatContext>,
+    Extension(conn): Extension<Arc<Conn>>,
+) {
+    match post_message(&socket, &ctx, &conn, arg.ok()).await {
+        Ok(stored) => reply.ok(&MessageAck {
+            id: stored.id,
+            ts: stored.ts,
+        }),
+        Err(err) => reply.refuse(&socket, &err),
+    }
+}
+
+async fn post_message<A: Adapter>(
+    socket: &SocketRef<A>,
+    ctx: &ChatContext,
+    conn: &Conn,
+    arg: Option<Value>,
+) -> Result<StoredMessage, ChatError> {
+    let member = conn.member().ok_or_else(|| {
+        ChatError::new(ErrorCode::NotJoined, "send add user before sending messages")
+    })?;
+    let Some(Value::String(text)) = arg else {
+        return Err(bad_request("new message takes the text as a string"));
+    };
+    ctx.settings.limits.message(&text)?;
+    {
+        let mut bucket = conn.messages.lock().unwrap_or_else(|e| e.into_inner());
+        if !bucket.try_take() {
+            let wait = bucket.retry_after().as_millis();
+            return Err(ChatError::new(
+                ErrorCode::RateLimited,
+                format!("too many messages; try again in {wait} ms"),
+            ));
+        }
+    }
+    let stored = ctx
+        .history
+        .append(member.room, &member.username, &text)
+        .await
+        .inspect_err(|err| tracing::warn!(%err, "could not store a message"))?;
+    broadcast(socket.to(member.room), outbound::NEW_MESSAGE, &stored).await;
+    Ok(stored)
+}
+
+async fn typing<A: Adapter>(socket: SocketRef<A>, Extension(conn): Extension<Arc<Conn>>) {
+    announce_typing(&socket, &conn, true).await;
+}
+
+async fn stop_typing<A: Adapter>(socket: SocketRef<A>, Extension(conn): Extension<Arc<Conn>>) {
+    announce_typing(&socket, &conn, false).await;
+}
+
+async fn announce_typing<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, typing: bool) {
+    let Some(member) = conn.typing_change(typing) else {
+        return;
+    };
+    let event = if typing {
+        outbound::TYPING
+    } else {
+        outbound::STOP_TYPING
+    };
+    let payload = Typing {
+        username: &member.username,
+    };
+    broadcast(socket.to(member.room), event, &payload).await;
+}
+
+async fn list_users<A: Adapter>(
+    socket: SocketRef<A>,
+    reply: Reply<A>,
+    State(ctx): State<ChatContext>,
+) {
+    match ctx.presence.users(LOBBY).await {
+        Ok((num_users, users)) => reply.ok(&UserList {
+            num_users,
+            users: &users,
+        }),
+        Err(err) => reply.refuse(&socket, &err),
+    }
+}
+
+async fn unknown_event<A: Adapter>(socket: SocketRef<A>, Event(name): Event, reply: Reply<A>) {
+    let shown: String = name.chars().take(MAX_ECHOED_EVENT_CHARS).collect();
+    let err = ChatError::new(
+        ErrorCode::UnknownEvent,
+        format!("unknown event {shown:?}"),
+    );
+    reply.refuse(&socket, &err);
+}
+
+async fn on_disconnect<A: Adapter>(
+    socket: SocketRef<A>,
+    reason: DisconnectReason,
+    State(ctx): State<ChatContext>,
+    Extension(conn): Extension<Arc<Conn>>,
+    io: SocketIo<A>,
+) {
+    tracing::debug!(sid = %socket.id, ?reason, "disconnected");
+    let Some(member) = conn.take_member() else {
+        return;
+    };
+    if member.typing {
+        let payload = Typing {
+            username: &member.username,
+        };
+        broadcast(socket.to(member.room), outbound::STOP_TYPING, &payload).await;
+    }
+    let sid = socket.id.to_string();
+    let on_purpose = matches!(
+        reason,
+        DisconnectReason::ClientNSDisconnect | DisconnectReason::ServerNSDisconnect
+    );
+    if on_purpose {
+        match ctx.presence.leave(member.room, &sid).await {
+            Ok(Some(left)) => announce_left(&io, member.room, &left).await,
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%err, "could not remove a user who left"),
+        }
+        return;
+    }
+    match ctx.presence.suspend(member.room, &sid).await {
+        Ok(Some(suspended)) => {
+            let grace = ctx.settings.reconnect_grace;
+            tokio::spawn(expire_after(ctx, io, member.room, suspended, grace));
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%err, "could not mark a dropped user"),
+    }
+}
+
+/// Ends the grace period of a dropped person: reported as left unless they came back.
+async fn expire_after<A: Adapter>(
+    ctx: ChatContext,
+    io: SocketIo<A>,
+    room: &'static str,
+    suspended: Suspended,
+    grace: Duration,
+) {
+    tokio::time::sleep(grace).await;
+    match ctx.presence.expire(room, &suspended).await {
+        Ok(Some(left)) => announce_left(&io, room, &left).await,
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%err, "could not expire a dropped user"),
+    }
+}
+
+async fn announce_left<A: Adapter>(io: &SocketIo<A>, room: &'static str, left: &crate::chat::Left) {
+    tracing::info!(users = left.num_users, "user left");
+    let change = UserChange {
+        username: &left.username,
+        num_users: left.num_users,
+    };
+    broadcast(io.to(room), outbound::USER_LEFT, &change).await;
+}
+
+/// Emits to everyone the operator selects. A failed broadcast is logged, never returned: the
+/// sender's request succeeded, and those who missed it recover through history on reconnect.
+async fn broadcast<A: Adapter, T: Serialize + ?Sized>(
+    to: socketioxide::operators::BroadcastOperators<A>,
+    event: &'static str,
+    data: &T,
+) {
+    if let Err(err) = to.emit(event, data).await {
+        tracing::warn!(event, %err, "broadcast failed");
+    }
+}

@@ -1,0 +1,102 @@
+//! Plain HTTP routes: the chat page, the official client bundle, and health.
+//!
+//! Everything is embedded in the binary at build time, so a deployment is one file.
+
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const APP_JS: &str = include_str!("../web/app.js");
+const STYLE_CSS: &str = include_str!("../web/style.css");
+
+/// The official socket.io-client bundle (see `build.rs`), served where Node's server serves it.
+macro_rules! client_file {
+    ($name:literal) => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/client/", $name)).as_slice()
+    };
+}
+
+const CLIENT_FILES: &[(&str, &[u8])] = &[
+    ("/socket.io/socket.io.js", client_file!("socket.io.js")),
+    ("/socket.io/socket.io.js.map", client_file!("socket.io.js.map")),
+    ("/socket.io/socket.io.min.js", client_file!("socket.io.min.js")),
+    ("/socket.io/socket.io.min.js.map", client_file!("socket.io.min.js.map")),
+    ("/socket.io/socket.io.esm.min.js", client_file!("socket.io.esm.min.js")),
+    (
+        "/socket.io/socket.io.esm.min.js.map",
+        client_file!("socket.io.esm.min.js.map"),
+    ),
+    (
+        "/socket.io/socket.io.msgpack.min.js",
+        client_file!("socket.io.msgpack.min.js"),
+    ),
+    (
+        "/socket.io/socket.io.msgpack.min.js.map",
+        client_file!("socket.io.msgpack.min.js.map"),
+    ),
+];
+
+/// The version of the embedded client, as its package.json says.
+pub const CLIENT_VERSION: &str = env!("BANTER_CLIENT_VERSION");
+
+/// Routes that do not involve Socket.IO. The Socket.IO engine answers every other path under
+/// `/socket.io/` itself, so the bundle's exact paths are routed here first.
+pub fn routes() -> Router {
+    let mut router = Router::new()
+        .route("/", get(|| page(INDEX_HTML, "text/html; charset=utf-8")))
+        .route("/index.html", get(|| page(INDEX_HTML, "text/html; charset=utf-8")))
+        .route(
+            "/app.js",
+            get(|| page(APP_JS, "text/javascript; charset=utf-8")),
+        )
+        .route("/style.css", get(|| page(STYLE_CSS, "text/css; charset=utf-8")))
+        .route("/healthz", get(healthz));
+    for &(path, body) in CLIENT_FILES {
+        router = router.route(path, get(move || client_file(path, body)));
+    }
+    router
+}
+
+/// Our own page: revalidated on every load, so a new deployment shows at once.
+async fn page(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The client bundle: versioned by the client release, so an ETag lets browsers keep it.
+async fn client_file(path: &'static str, body: &'static [u8]) -> Response {
+    let content_type = if path.ends_with(".map") {
+        "application/json"
+    } else {
+        "application/javascript; charset=utf-8"
+    };
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{CLIENT_VERSION}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// Liveness: the process is up and serving HTTP.
+async fn healthz() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(serde_json::json!({ "status": "ok" })),
+    )
+}
