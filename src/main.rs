@@ -13,7 +13,9 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind((config.host, config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-    let addr = listener.local_addr().context("cannot read the bound address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
     // Tools and tests read this line to find the port when PORT=0.
     println!("banter listening on http://{addr}");
     tracing::info!(%addr, "listening");

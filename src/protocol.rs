@@ -130,6 +130,9 @@ mod tests {
     fn refusal_shape() {
         let err = ChatError::new(crate::chat::ErrorCode::TooLong, "too long");
         let v = serde_json::to_value(Refusal { error: &err }).unwrap();
-        assert_eq!(v, json!({"error": {"code": "too_long", "message": "too long"}}));
+        assert_eq!(
+            v,
+            json!({"error": {"code": "too_long", "message": "too long"}})
+        );
     }
 }

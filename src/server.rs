@@ -8,6 +8,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::serve::ListenerExt;
 use socketioxide::adapter::LocalAdapter;
+use socketioxide::handler::ConnectHandler;
 use socketioxide::{SocketIo, TransportType};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -44,7 +45,10 @@ pub fn app(config: &Config) -> anyhow::Result<App> {
         _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
     };
     let (socket_io, io) = builder.build_svc();
-    io.ns("/", socket::on_connect::<LocalAdapter>);
+    io.ns(
+        "/",
+        socket::on_connect::<LocalAdapter>.with(socket::on_connecting::<LocalAdapter>),
+    );
 
     // Our exact routes first; everything else (the Engine.IO endpoint under /socket.io/, and
     // the 404s) goes to the Socket.IO service.
@@ -101,7 +105,9 @@ pub async fn run(
         serving.await
     };
     match tokio::time::timeout(config.shutdown_timeout(), drain).await {
-        Ok(result) => result.context("the server task failed")?.context("the server failed")?,
+        Ok(result) => result
+            .context("the server task failed")?
+            .context("the server failed")?,
         Err(_) => tracing::warn!(
             timeout_ms = config.shutdown_timeout_ms,
             "connections still open after the shutdown timeout; exiting anyway"

@@ -10,6 +10,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use serde::Serialize;
 use serde_json::Value;
 use socketioxide::SocketIo;
@@ -55,6 +57,8 @@ pub struct ChatContext {
 struct Conn {
     /// The session token from the handshake `auth`, if the client sent one.
     auth_session: Option<String>,
+    /// The end of this connection's queue of events (see `InOrder`).
+    last_turn: Mutex<Option<oneshot::Receiver<()>>>,
     member: Mutex<Membership>,
     messages: Mutex<TokenBucket>,
     typing: Mutex<TokenBucket>,
@@ -119,11 +123,60 @@ impl Conn {
         if member.typing == typing {
             return None;
         }
-        if !self.typing.lock().unwrap_or_else(|e| e.into_inner()).try_take() {
+        if !self
+            .typing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_take()
+        {
             return None;
         }
         member.typing = typing;
         Some(member.clone())
+    }
+}
+
+/// An event's place in its connection's queue. socketioxide runs each event's handler as its own
+/// task, so two events from one client could otherwise be handled in either order: a burst of
+/// messages stored out of order, or a `new message` refused because the `add user` before it was
+/// still being handled. Extractors run synchronously in arrival order, so this one takes a place
+/// in a chain of one-shot channels; the handler waits for the previous event's place to be
+/// released before doing anything. Dropping the place (the handler finished, or it never ran)
+/// releases it, so the queue cannot stall.
+pub struct InOrder {
+    previous: Option<oneshot::Receiver<()>>,
+    _release: oneshot::Sender<()>,
+}
+
+impl<A: Adapter> FromMessageParts<A> for InOrder {
+    type Error = Infallible;
+
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        _: &mut socketioxide::handler::Value,
+        _: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        let (release, next) = oneshot::channel();
+        let previous = s.extensions.get::<Arc<Conn>>().and_then(|conn| {
+            conn.last_turn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(next)
+        });
+        Ok(Self {
+            previous,
+            _release: release,
+        })
+    }
+}
+
+impl InOrder {
+    /// Waits until every earlier event of this connection has been handled.
+    async fn wait(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            // An error means the previous place was released: exactly what we wait for.
+            let _ = previous.await;
+        }
     }
 }
 
@@ -178,12 +231,15 @@ fn bad_request(what: &str) -> ChatError {
     ChatError::new(ErrorCode::BadRequest, what.to_owned())
 }
 
-/// The namespace's connect handler: registers every event handler on the new socket.
-pub async fn on_connect<A: Adapter>(
+/// The namespace's connect middleware: sets up the connection's state and registers every event
+/// handler. It runs before the server confirms the connection to the client; the connect
+/// handler runs as a spawned task after that, so an event sent right after connecting could
+/// reach a socket whose handlers are not registered yet if they were registered there.
+pub async fn on_connecting<A: Adapter>(
     socket: SocketRef<A>,
     TryData(auth): TryData<Auth>,
     State(ctx): State<ChatContext>,
-) {
+) -> Result<(), Infallible> {
     let auth_session = auth
         .ok()
         .and_then(|a| a.session)
@@ -191,6 +247,7 @@ pub async fn on_connect<A: Adapter>(
     let settings = &ctx.settings;
     socket.extensions.insert(Arc::new(Conn {
         auth_session,
+        last_turn: Mutex::new(None),
         member: Mutex::new(Membership::Anonymous),
         messages: Mutex::new(TokenBucket::new(
             settings.message_rate,
@@ -201,7 +258,6 @@ pub async fn on_connect<A: Adapter>(
             (settings.typing_rate * 2.0).ceil() as u32,
         )),
     }));
-    tracing::debug!(sid = %socket.id, transport = ?socket.transport_type(), "connected");
 
     socket.on(inbound::ADD_USER, add_user::<A>);
     socket.on(inbound::NEW_MESSAGE, new_message::<A>);
@@ -210,9 +266,16 @@ pub async fn on_connect<A: Adapter>(
     socket.on(inbound::LIST_USERS, list_users::<A>);
     socket.on_fallback(unknown_event::<A>);
     socket.on_disconnect(on_disconnect::<A>);
+    Ok(())
+}
+
+/// The namespace's connect handler, once the client knows it is connected.
+pub async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
+    tracing::debug!(sid = %socket.id, transport = ?socket.transport_type(), "connected");
 }
 
 async fn add_user<A: Adapter>(
+    mut order: InOrder,
     socket: SocketRef<A>,
     TryData(arg): TryData<Value>,
     reply: Reply<A>,
@@ -220,6 +283,7 @@ async fn add_user<A: Adapter>(
     Extension(conn): Extension<Arc<Conn>>,
     io: SocketIo<A>,
 ) {
+    order.wait().await;
     if !conn.begin_join() {
         // The classic contract: a second `add user` is ignored. Only a client that asked for an
         // ack is told why nothing happened.
@@ -340,12 +404,14 @@ fn replace_socket<A: Adapter>(io: &SocketIo<A>, old: &str) {
 }
 
 async fn new_message<A: Adapter>(
+    mut order: InOrder,
     socket: SocketRef<A>,
     TryData(arg): TryData<Value>,
     reply: Reply<A>,
     State(ctx): State<ChatContext>,
     Extension(conn): Extension<Arc<Conn>>,
 ) {
+    order.wait().await;
     match post_message(&socket, &ctx, &conn, arg.ok()).await {
         Ok(stored) => reply.ok(&MessageAck {
             id: stored.id,
@@ -362,7 +428,10 @@ async fn post_message<A: Adapter>(
     arg: Option<Value>,
 ) -> Result<StoredMessage, ChatError> {
     let member = conn.member().ok_or_else(|| {
-        ChatError::new(ErrorCode::NotJoined, "send add user before sending messages")
+        ChatError::new(
+            ErrorCode::NotJoined,
+            "send add user before sending messages",
+        )
     })?;
     let Some(Value::String(text)) = arg else {
         return Err(bad_request("new message takes the text as a string"));
@@ -387,11 +456,21 @@ async fn post_message<A: Adapter>(
     Ok(stored)
 }
 
-async fn typing<A: Adapter>(socket: SocketRef<A>, Extension(conn): Extension<Arc<Conn>>) {
+async fn typing<A: Adapter>(
+    mut order: InOrder,
+    socket: SocketRef<A>,
+    Extension(conn): Extension<Arc<Conn>>,
+) {
+    order.wait().await;
     announce_typing(&socket, &conn, true).await;
 }
 
-async fn stop_typing<A: Adapter>(socket: SocketRef<A>, Extension(conn): Extension<Arc<Conn>>) {
+async fn stop_typing<A: Adapter>(
+    mut order: InOrder,
+    socket: SocketRef<A>,
+    Extension(conn): Extension<Arc<Conn>>,
+) {
+    order.wait().await;
     announce_typing(&socket, &conn, false).await;
 }
 
@@ -411,10 +490,12 @@ async fn announce_typing<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, typing:
 }
 
 async fn list_users<A: Adapter>(
+    mut order: InOrder,
     socket: SocketRef<A>,
     reply: Reply<A>,
     State(ctx): State<ChatContext>,
 ) {
+    order.wait().await;
     match ctx.presence.users(LOBBY).await {
         Ok((num_users, users)) => reply.ok(&UserList {
             num_users,
@@ -424,12 +505,15 @@ async fn list_users<A: Adapter>(
     }
 }
 
-async fn unknown_event<A: Adapter>(socket: SocketRef<A>, Event(name): Event, reply: Reply<A>) {
+async fn unknown_event<A: Adapter>(
+    mut order: InOrder,
+    socket: SocketRef<A>,
+    Event(name): Event,
+    reply: Reply<A>,
+) {
+    order.wait().await;
     let shown: String = name.chars().take(MAX_ECHOED_EVENT_CHARS).collect();
-    let err = ChatError::new(
-        ErrorCode::UnknownEvent,
-        format!("unknown event {shown:?}"),
-    );
+    let err = ChatError::new(ErrorCode::UnknownEvent, format!("unknown event {shown:?}"));
     reply.refuse(&socket, &err);
 }
 

@@ -20,10 +20,22 @@ macro_rules! client_file {
 
 const CLIENT_FILES: &[(&str, &[u8])] = &[
     ("/socket.io/socket.io.js", client_file!("socket.io.js")),
-    ("/socket.io/socket.io.js.map", client_file!("socket.io.js.map")),
-    ("/socket.io/socket.io.min.js", client_file!("socket.io.min.js")),
-    ("/socket.io/socket.io.min.js.map", client_file!("socket.io.min.js.map")),
-    ("/socket.io/socket.io.esm.min.js", client_file!("socket.io.esm.min.js")),
+    (
+        "/socket.io/socket.io.js.map",
+        client_file!("socket.io.js.map"),
+    ),
+    (
+        "/socket.io/socket.io.min.js",
+        client_file!("socket.io.min.js"),
+    ),
+    (
+        "/socket.io/socket.io.min.js.map",
+        client_file!("socket.io.min.js.map"),
+    ),
+    (
+        "/socket.io/socket.io.esm.min.js",
+        client_file!("socket.io.esm.min.js"),
+    ),
     (
         "/socket.io/socket.io.esm.min.js.map",
         client_file!("socket.io.esm.min.js.map"),
@@ -46,12 +58,18 @@ pub const CLIENT_VERSION: &str = env!("BANTER_CLIENT_VERSION");
 pub fn routes() -> Router {
     let mut router = Router::new()
         .route("/", get(|| page(INDEX_HTML, "text/html; charset=utf-8")))
-        .route("/index.html", get(|| page(INDEX_HTML, "text/html; charset=utf-8")))
+        .route(
+            "/index.html",
+            get(|| page(INDEX_HTML, "text/html; charset=utf-8")),
+        )
         .route(
             "/app.js",
             get(|| page(APP_JS, "text/javascript; charset=utf-8")),
         )
-        .route("/style.css", get(|| page(STYLE_CSS, "text/css; charset=utf-8")))
+        .route(
+            "/style.css",
+            get(|| page(STYLE_CSS, "text/css; charset=utf-8")),
+        )
         .route("/healthz", get(healthz));
     for &(path, body) in CLIENT_FILES {
         router = router.route(path, get(move || client_file(path, body)));

@@ -88,7 +88,10 @@ mod tests {
         assert_eq!(l.nickname(&"é".repeat(32)).unwrap(), "é".repeat(32));
         assert_eq!(code(l.nickname("")), Some(ErrorCode::InvalidName));
         assert_eq!(code(l.nickname(" \t ")), Some(ErrorCode::InvalidName));
-        assert_eq!(code(l.nickname(&"a".repeat(33))), Some(ErrorCode::InvalidName));
+        assert_eq!(
+            code(l.nickname(&"a".repeat(33))),
+            Some(ErrorCode::InvalidName)
+        );
         assert_eq!(code(l.nickname("bob\u{7}")), Some(ErrorCode::InvalidName));
         assert_eq!(code(l.nickname("bo\nb")), Some(ErrorCode::InvalidName));
     }
@@ -98,7 +101,10 @@ mod tests {
         let l = Limits::default();
         assert!(l.message("hi").is_ok());
         assert!(l.message(&"ü".repeat(2_000)).is_ok());
-        assert_eq!(code(l.message(&"a".repeat(2_001))), Some(ErrorCode::TooLong));
+        assert_eq!(
+            code(l.message(&"a".repeat(2_001))),
+            Some(ErrorCode::TooLong)
+        );
         assert_eq!(code(l.message("")), Some(ErrorCode::Empty));
         assert_eq!(code(l.message("  \n ")), Some(ErrorCode::Empty));
     }

@@ -287,7 +287,10 @@ mod tests {
     async fn join_and_leave() {
         let p = MemoryPresence::default();
         let a = p.join(req("alice", "c1", None)).await.unwrap();
-        assert_eq!((a.username.as_str(), a.num_users, a.resumed), ("alice", 1, false));
+        assert_eq!(
+            (a.username.as_str(), a.num_users, a.resumed),
+            ("alice", 1, false)
+        );
         let b = p.join(req("Bob", "c2", None)).await.unwrap();
         assert_eq!(b.users, vec!["alice", "Bob"]);
         let left = p.leave("r", "c1").await.unwrap().unwrap();
@@ -329,7 +332,10 @@ mod tests {
         let s = p.suspend("r", "c1").await.unwrap().unwrap();
         // Still counted while suspended.
         assert_eq!(p.users("r").await.unwrap().0, 1);
-        let back = p.join(req("whatever", "c2", Some(&a.session))).await.unwrap();
+        let back = p
+            .join(req("whatever", "c2", Some(&a.session)))
+            .await
+            .unwrap();
         assert!(back.resumed);
         assert_eq!((back.username.as_str(), back.num_users), ("alice", 1));
         assert_eq!(back.replaced, None);

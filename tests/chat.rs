@@ -1,0 +1,384 @@
+//! The chat contract end to end, through a real Socket.IO client over each transport.
+
+mod common;
+
+use anyhow::Result;
+use common::{RawPolling, TestClient, TestServer};
+use rust_socketio::TransportType;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn classic_events_cross_every_transport() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut ws = TestClient::connect(&server, TransportType::Websocket).await?;
+    let mut polling = TestClient::connect(&server, TransportType::Polling).await?;
+    let mut upgraded = TestClient::connect(&server, TransportType::Any).await?;
+
+    // Classic `add user` with a bare string and no ack: `login` {numUsers}.
+    ws.emit("add user", json!("wendy")).await?;
+    assert_eq!(ws.expect("login").await?["numUsers"], 1);
+    polling.emit("add user", json!("paul")).await?;
+    assert_eq!(polling.expect("login").await?["numUsers"], 2);
+    let joined = ws.expect("user joined").await?;
+    assert_eq!(joined, json!({"username": "paul", "numUsers": 2}));
+    upgraded.emit("add user", json!("uma")).await?;
+    assert_eq!(upgraded.expect("login").await?["numUsers"], 3);
+    for c in [&mut ws, &mut polling] {
+        assert_eq!(
+            c.expect("user joined").await?,
+            json!({"username": "uma", "numUsers": 3})
+        );
+    }
+    upgraded.expect_none("user joined").await?;
+
+    // Each message reaches the two others with the classic fields plus id and ts.
+    for (sender, text) in [
+        ("wendy", "over ws"),
+        ("paul", "over polling"),
+        ("uma", "upgraded"),
+    ] {
+        let from = match sender {
+            "wendy" => &ws,
+            "paul" => &polling,
+            _ => &upgraded,
+        };
+        from.emit("new message", json!(text)).await?;
+        for (name, c) in [
+            ("wendy", &mut ws),
+            ("paul", &mut polling),
+            ("uma", &mut upgraded),
+        ] {
+            if name == sender {
+                continue;
+            }
+            let m = c.expect("new message").await?;
+            assert_eq!(m["username"], sender);
+            assert_eq!(m["message"], text);
+            assert!(m["id"].is_u64() && m["ts"].is_u64(), "{m}");
+        }
+    }
+    // The sender never gets its own message back.
+    ws.expect_none("new message").await?;
+
+    ws.emit("typing", Value::Null).await?;
+    assert_eq!(
+        polling.expect("typing").await?,
+        json!({"username": "wendy"})
+    );
+    ws.emit("stop typing", Value::Null).await?;
+    assert_eq!(
+        upgraded.expect("stop typing").await?,
+        json!({"username": "wendy"})
+    );
+
+    // Leaving on purpose is reported at once.
+    polling.disconnect().await?;
+    assert_eq!(
+        ws.expect("user left").await?,
+        json!({"username": "paul", "numUsers": 2})
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_add_user_is_ignored() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut a = TestClient::connect(&server, TransportType::Websocket).await?;
+    let mut b = TestClient::connect(&server, TransportType::Websocket).await?;
+    a.join("alice").await?;
+    b.join("bob").await?;
+    a.emit("add user", json!("alice-again")).await?;
+    b.expect_none("user joined").await?;
+    let ack = a.call("add user", json!("alice-3")).await?;
+    assert_eq!(ack["error"]["code"], "already_joined");
+    let list = a.call("list users", Value::Null).await?;
+    assert_eq!(list, json!({"numUsers": 2, "users": ["alice", "bob"]}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn login_carries_users_history_and_a_session() -> Result<()> {
+    let server = TestServer::with_args(&["--history-len", "3"]).await?;
+    let mut a = TestClient::connect(&server, TransportType::Websocket).await?;
+    a.join("alice").await?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let ack = a.call("new message", json!(format!("m{i}"))).await?;
+        ids.push(ack["id"].as_u64().expect("numeric id"));
+        assert!(ack["ts"].is_u64());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    let mut b = TestClient::connect(&server, TransportType::Polling).await?;
+    let login = b.join("bob").await?;
+    assert_eq!(login["numUsers"], 2);
+    assert_eq!(login["users"], json!(["alice", "bob"]));
+    assert_eq!(login["room"], "lobby");
+    assert_eq!(login["historyComplete"], true);
+    let texts: Vec<&str> = login["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|m| m["message"].as_str().expect("text"))
+        .collect();
+    assert_eq!(texts, ["m2", "m3", "m4"]);
+    assert_eq!(login["session"].as_str().map(str::len), Some(32));
+    // The `login` event carries the same as the ack.
+    assert_eq!(b.expect("login").await?, login);
+    Ok(())
+}
+
+#[tokio::test]
+async fn reconnecting_with_last_id_gets_exactly_what_was_missed() -> Result<()> {
+    let server = TestServer::with_args(&["--history-len", "5"]).await?;
+    let mut a = TestClient::connect(&server, TransportType::Websocket).await?;
+    let mut b = TestClient::connect(&server, TransportType::Websocket).await?;
+    a.join("alice").await?;
+    b.join("bob").await?;
+    b.emit("new message", json!("seen")).await?;
+    let last_id = a.expect("new message").await?["id"].as_u64().expect("id");
+    a.disconnect().await?;
+
+    let mut missed = Vec::new();
+    for text in ["one", "two", "three"] {
+        missed.push(b.call("new message", json!(text)).await?["id"].clone());
+    }
+    let back = TestClient::connect(&server, TransportType::Polling).await?;
+    let login = back
+        .call("add user", json!({"username": "alice", "lastId": last_id}))
+        .await?;
+    let got: Vec<Value> = login["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(got, missed);
+    assert_eq!(login["historyComplete"], true);
+
+    // Missed more than the store holds: told so.
+    for i in 0..6 {
+        b.call("new message", json!(format!("flood {i}"))).await?;
+    }
+    let late = TestClient::connect(&server, TransportType::Websocket).await?;
+    let login = late
+        .call("add user", json!({"username": "late", "lastId": last_id}))
+        .await?;
+    assert_eq!(login["historyComplete"], false);
+    assert_eq!(login["history"].as_array().map(Vec::len), Some(5));
+    Ok(())
+}
+
+#[tokio::test]
+async fn taken_nicknames_get_a_variant() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut a = TestClient::connect(&server, TransportType::Websocket).await?;
+    let mut b = TestClient::connect(&server, TransportType::Polling).await?;
+    a.join("Alice").await?;
+    let login = b.join("alice").await?;
+    assert_eq!(login["username"], "alice (2)");
+    assert_eq!(login["renamedFrom"], "alice");
+    assert_eq!(
+        a.expect("user joined").await?,
+        json!({"username": "alice (2)", "numUsers": 2})
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn refusals_carry_stable_codes_and_broadcast_nothing() -> Result<()> {
+    let server = TestServer::with_args(&["--message-burst", "3", "--message-rate", "0.5"]).await?;
+    let mut a = TestClient::connect(&server, TransportType::Websocket).await?;
+    let mut b = TestClient::connect(&server, TransportType::Websocket).await?;
+
+    // Before joining.
+    let ack = a.call("new message", json!("hi")).await?;
+    assert_eq!(ack["error"]["code"], "not_joined");
+    a.emit("new message", json!("hi")).await?;
+    assert_eq!(a.expect("error message").await?["code"], "not_joined");
+
+    for (arg, code) in [
+        (json!(42), "bad_request"),
+        (json!({"username": 5}), "bad_request"),
+        (Value::Null, "bad_request"),
+        (json!("   "), "invalid_name"),
+        (json!("x".repeat(33)), "invalid_name"),
+        (json!("bell\u{7}"), "invalid_name"),
+    ] {
+        let ack = a.call("add user", arg.clone()).await?;
+        assert_eq!(ack["error"]["code"], code, "add user {arg}");
+    }
+    a.join("alice").await?;
+    b.join("bob").await?;
+    a.expect("user joined").await?;
+
+    for (arg, code) in [
+        (json!(42), "bad_request"),
+        (json!(["a"]), "bad_request"),
+        (json!({"text": "a"}), "bad_request"),
+        (Value::Null, "bad_request"),
+        (json!(" \n "), "empty"),
+        (json!("y".repeat(2_001)), "too_long"),
+    ] {
+        let ack = a.call("new message", arg.clone()).await?;
+        assert_eq!(ack["error"]["code"], code, "new message {arg}");
+    }
+    a.emit("new message", json!(17)).await?;
+    assert_eq!(a.expect("error message").await?["code"], "bad_request");
+    a.emit("no such event", json!(1)).await?;
+    assert_eq!(a.expect("error message").await?["code"], "unknown_event");
+    b.expect_none("new message").await?;
+
+    // The burst of 3 passes (2,000 characters is within the limit), then the rate applies.
+    for _ in 0..3 {
+        let ack = a.call("new message", json!("z".repeat(2_000))).await?;
+        assert!(ack["id"].is_u64(), "{ack}");
+        b.expect("new message").await?;
+    }
+    let ack = a.call("new message", json!("one too many")).await?;
+    assert_eq!(ack["error"]["code"], "rate_limited");
+    b.expect_none("new message").await?;
+
+    // The server is unaffected: others still chat.
+    b.call("new message", json!("still here")).await?;
+    assert_eq!(a.expect("new message").await?["message"], "still here");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_reported_left_after_the_grace_period() -> Result<()> {
+    let server = TestServer::with_args(&[
+        "--ping-interval-ms",
+        "200",
+        "--ping-timeout-ms",
+        "200",
+        "--reconnect-grace-ms",
+        "500",
+    ])
+    .await?;
+    let mut watcher = TestClient::connect(&server, TransportType::Websocket).await?;
+    watcher.join("watcher").await?;
+    let ghost = RawPolling::connect(&server, None).await?;
+    ghost.emit("add user", json!("ghost")).await?;
+    watcher.expect("user joined").await?;
+    // The raw peer never answers a ping: the server drops it, waits the grace period, then
+    // reports it left.
+    let started = std::time::Instant::now();
+    let left = watcher.expect("user left").await?;
+    assert_eq!(left, json!({"username": "ghost", "numUsers": 1}));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_session_comes_back_without_left_or_joined() -> Result<()> {
+    let server = TestServer::with_args(&["--reconnect-grace-ms", "5000"]).await?;
+    let mut watcher = TestClient::connect(&server, TransportType::Websocket).await?;
+    watcher.join("watcher").await?;
+
+    // A person on a connection that will look alive but never answer again.
+    let first = RawPolling::connect(&server, None).await?;
+    first
+        .post(&format!(
+            "420{}",
+            json!(["add user", {"username": "alice"}])
+        ))
+        .await?;
+    let body = first.poll().await?;
+    let ack = body
+        .split('\u{1e}')
+        .find_map(|p| p.strip_prefix("430"))
+        .expect("ack packet");
+    let login: Vec<Value> = serde_json::from_str(ack)?;
+    let session = login[0]["session"].as_str().expect("session").to_owned();
+    watcher.expect("user joined").await?;
+
+    // The same person reconnects with the token: same name, nobody told anything.
+    let mut back = TestClient::connect_with_auth(
+        &server,
+        TransportType::Websocket,
+        Some(json!({"session": session})),
+    )
+    .await?;
+    let login = back.join("whatever").await?;
+    assert_eq!(login["username"], "alice");
+    assert_eq!(login["numUsers"], 2);
+    watcher.expect_none("user left").await?;
+    watcher.expect_none("user joined").await?;
+    // The old connection was told it was replaced.
+    let body = first.poll().await?;
+    assert!(body.contains("replaced"), "{body:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_engine_io_input_harms_nobody_else() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut a = TestClient::connect(&server, TransportType::Websocket).await?;
+    let mut b = TestClient::connect(&server, TransportType::Polling).await?;
+    a.join("alice").await?;
+    b.join("bob").await?;
+
+    for garbage in [
+        "",
+        "garbage",
+        "4",
+        "42[",
+        "42[1,2]",
+        "42{\"a\":1}",
+        "9999",
+        "\u{1e}\u{1e}",
+        "45-[\"x\"]",
+    ] {
+        let raw = RawPolling::connect(&server, None).await?;
+        let _ = raw.post(garbage).await?;
+    }
+    let raw = RawPolling::connect(&server, None).await?;
+    raw.emit("add user", json!({"username": ["not", "a", "string"]}))
+        .await?;
+    raw.emit("new message", json!("before joining")).await?;
+
+    b.emit("new message", json!("still fine")).await?;
+    assert_eq!(a.expect("new message").await?["message"], "still fine");
+    b.expect_none("user joined").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_payloads_close_only_that_connection() -> Result<()> {
+    let server = TestServer::with_args(&["--max-payload-bytes", "10000"]).await?;
+    let mut a = TestClient::connect(&server, TransportType::Websocket).await?;
+    let mut b = TestClient::connect(&server, TransportType::Websocket).await?;
+    a.join("alice").await?;
+    b.join("bob").await?;
+    let raw = RawPolling::connect(&server, None).await?;
+    let status = raw.emit("new message", json!("x".repeat(20_000))).await?;
+    assert!(!status.is_success(), "{status}");
+    b.emit("new message", json!("after")).await?;
+    assert_eq!(a.expect("new message").await?["message"], "after");
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_from_one_socket_are_handled_in_order() -> Result<()> {
+    let server = TestServer::with_args(&["--message-burst", "50"]).await?;
+    let mut watcher = TestClient::connect(&server, TransportType::Websocket).await?;
+    watcher.join("watcher").await?;
+    let sender = TestClient::connect(&server, TransportType::Websocket).await?;
+    // No waiting between events: `add user` then a burst, as a fast client sends them.
+    sender.emit("add user", json!("fast")).await?;
+    for i in 0..30 {
+        sender
+            .emit("new message", json!(format!("burst {i}")))
+            .await?;
+    }
+    let mut last_id = 0;
+    for i in 0..30 {
+        let m = watcher.expect("new message").await?;
+        assert_eq!(m["message"], format!("burst {i}"));
+        let id = m["id"].as_u64().expect("id");
+        assert!(id > last_id, "ids must follow the order of sending");
+        last_id = id;
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Plain HTTP: the page, the official client bundle, health, and graceful shutdown.
+
+mod common;
+
+use anyhow::Result;
+use common::{RawPolling, TestClient, TestServer};
+use rust_socketio::TransportType;
+
+#[tokio::test]
+async fn serves_the_page_the_client_bundle_and_health() -> Result<()> {
+    let server = TestServer::start().await?;
+    let http = reqwest::Client::new();
+    let dist =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node_modules/socket.io-client/dist");
+    for file in [
+        "socket.io.js",
+        "socket.io.min.js",
+        "socket.io.esm.min.js",
+        "socket.io.js.map",
+        "socket.io.min.js.map",
+        "socket.io.esm.min.js.map",
+    ] {
+        let res = http
+            .get(format!("{}/socket.io/{file}", server.url))
+            .send()
+            .await?;
+        assert_eq!(res.status(), 200, "{file}");
+        let ct = res.headers()["content-type"].to_str()?.to_owned();
+        let expected = if file.ends_with(".map") {
+            "application/json"
+        } else {
+            "application/javascript"
+        };
+        assert!(ct.starts_with(expected), "{file}: {ct}");
+        let body = res.bytes().await?;
+        assert_eq!(
+            body.as_ref(),
+            std::fs::read(dist.join(file))?.as_slice(),
+            "{file}"
+        );
+    }
+    let page = http.get(&server.url).send().await?;
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/html")
+    );
+    assert!(page.text().await?.contains("<html"));
+    let health = http.get(format!("{}/healthz", server.url)).send().await?;
+    assert_eq!(health.status(), 200);
+    let missing = http.get(format!("{}/nope", server.url)).send().await?;
+    assert_eq!(missing.status(), 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_transports_setting_is_enforced() -> Result<()> {
+    let server = TestServer::with_args(&["--transports", "websocket"]).await?;
+    let http = reqwest::Client::new();
+    let res = http
+        .get(format!("{}/socket.io/?EIO=4&transport=polling", server.url))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 400);
+    let mut ws = TestClient::connect(&server, TransportType::Websocket).await?;
+    ws.join("alice").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_and_returns() -> Result<()> {
+    let server = TestServer::start().await?;
+    let addr = server.addr;
+    let mut ws = TestClient::connect(&server, TransportType::Websocket).await?;
+    ws.join("alice").await?;
+    let polling = RawPolling::connect(&server, None).await?;
+    polling.emit("add user", serde_json::json!("bob")).await?;
+    ws.expect("user joined").await?;
+    // Drain what is queued (login), then hold a long-poll open across the shutdown.
+    polling.poll().await?;
+    let pending = tokio::spawn(async move { polling.poll().await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    tokio::time::timeout(std::time::Duration::from_secs(5), server.shutdown()).await??;
+    // The long-poll was answered with an Engine.IO close packet ("1"), which makes a client
+    // reconnect (unlike a Socket.IO disconnect, which would make it give up).
+    let body = pending.await??;
+    assert!(body.split('\u{1e}').any(|p| p == "1"), "{body:?}");
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    Ok(())
+}
