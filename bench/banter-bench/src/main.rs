@@ -1,0 +1,2 @@
+//! Placeholder: the load generator is being written.
+fn main() {}
