@@ -3,11 +3,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use axum::serve::ListenerExt;
-use socketioxide::adapter::LocalAdapter;
+use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::{SocketIo, TransportType};
 use tokio::net::TcpListener;
@@ -22,21 +23,27 @@ use crate::web;
 pub struct App {
     pub router: Router,
     pub io: SocketIo,
+    pub ctx: ChatContext,
 }
 
 /// Builds the whole service from the configuration, without serving it.
 pub fn app(config: &Config) -> anyhow::Result<App> {
     config.validate()?;
+    let max_payload = usize::try_from(config.max_payload_bytes)?;
     let ctx = ChatContext {
         presence: Arc::new(MemoryPresence::default()),
         history: Arc::new(MemoryHistory::new(config.history_len)),
         settings: Arc::new(settings(config)),
+        message_order: Arc::new(tokio::sync::Mutex::new(())),
     };
     let builder = SocketIo::builder()
         .ping_interval(config.ping_interval())
         .ping_timeout(config.ping_timeout())
         .max_payload(config.max_payload_bytes)
-        .with_state(ctx);
+        // The Engine.IO max payload only governs polling; WebSocket frames have their own caps.
+        .ws_max_message_size(max_payload)
+        .ws_max_frame_size(max_payload)
+        .with_state(ctx.clone());
     let polling = config.transports.contains(&Transport::Polling);
     let websocket = config.transports.contains(&Transport::Websocket);
     let builder = match (polling, websocket) {
@@ -52,10 +59,12 @@ pub fn app(config: &Config) -> anyhow::Result<App> {
 
     // Our exact routes first; everything else (the Engine.IO endpoint under /socket.io/, and
     // the 404s) goes to the Socket.IO service.
-    let router = web::routes()
-        .fallback_service(socket_io)
-        .layer(TraceLayer::new_for_http());
-    Ok(App { router, io })
+    let mut router = web::routes().fallback_service(socket_io);
+    if !websocket {
+        router = router.layer(axum::middleware::from_fn(web::no_upgrade_offer));
+    }
+    let router = router.layer(TraceLayer::new_for_http());
+    Ok(App { router, io, ctx })
 }
 
 fn settings(config: &Config) -> ChatSettings {
@@ -78,7 +87,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let App { router, io } = app(&config)?;
+    let App { router, io, ctx } = app(&config)?;
+    let reaper = tokio::spawn(reap_forever(ctx, io.clone(), reap_interval(&config)));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm held
     // back-to-back frames to one client about 40 ms apart.
@@ -113,6 +123,23 @@ pub async fn run(
             "connections still open after the shutdown timeout; exiting anyway"
         ),
     }
+    reaper.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often grace periods are checked: often enough that "left" comes within a small fraction of
+/// the grace period after it ends, and never more than twice a second.
+fn reap_interval(config: &Config) -> Duration {
+    (config.reconnect_grace() / 10).clamp(Duration::from_millis(50), Duration::from_millis(500))
+}
+
+/// Ends grace periods, for as long as the server runs.
+async fn reap_forever<A: Adapter>(ctx: ChatContext, io: SocketIo<A>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        socket::reap(&ctx, &io).await;
+    }
 }

@@ -23,7 +23,7 @@ use socketioxide::socket::{DisconnectReason, Sid, Socket};
 use crate::chat::{
     ChatError, ErrorCode, History, Joined, LOBBY, Limits, Presence, StoredMessage, TokenBucket,
 };
-use crate::chat::{JoinRequest, Suspended};
+use crate::chat::{JoinRequest, Left, now_millis};
 use crate::protocol::{
     AddUser, Auth, Login, MessageAck, Refusal, Typing, UserChange, UserList, inbound, outbound,
 };
@@ -51,6 +51,11 @@ pub struct ChatContext {
     pub presence: Arc<dyn Presence>,
     pub history: Arc<dyn History>,
     pub settings: Arc<ChatSettings>,
+    /// Held from assigning a message's id to handing it to the broadcast, so that every client
+    /// receives a room's messages in id order. Without it, two senders' messages could be
+    /// broadcast in the opposite order of their ids, and a client that reconnects with the
+    /// greater id as `lastId` would never get the other one.
+    pub message_order: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The state of one connection, kept in the socket's extensions.
@@ -447,6 +452,7 @@ async fn post_message<A: Adapter>(
             ));
         }
     }
+    let _in_order = ctx.message_order.lock().await;
     let stored = ctx
         .history
         .append(member.room, &member.username, &text)
@@ -547,33 +553,28 @@ async fn on_disconnect<A: Adapter>(
         }
         return;
     }
-    match ctx.presence.suspend(member.room, &sid).await {
-        Ok(Some(suspended)) => {
-            let grace = ctx.settings.reconnect_grace;
-            tokio::spawn(expire_after(ctx, io, member.room, suspended, grace));
+    let grace_ms = u64::try_from(ctx.settings.reconnect_grace.as_millis()).unwrap_or(u64::MAX);
+    let expires_at_ms = now_millis().saturating_add(grace_ms);
+    if let Err(err) = ctx.presence.suspend(member.room, &sid, expires_at_ms).await {
+        tracing::warn!(%err, "could not mark a dropped user");
+    }
+}
+
+/// Ends the grace periods that are over: the people who did not come back are announced as left.
+/// Run periodically by the server; safe to run on every instance at once.
+pub async fn reap<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>) {
+    let room = LOBBY;
+    match ctx.presence.reap(room, now_millis()).await {
+        Ok(left) => {
+            for person in &left {
+                announce_left(io, room, person).await;
+            }
         }
-        Ok(None) => {}
-        Err(err) => tracing::warn!(%err, "could not mark a dropped user"),
+        Err(err) => tracing::warn!(%err, "could not end grace periods"),
     }
 }
 
-/// Ends the grace period of a dropped person: reported as left unless they came back.
-async fn expire_after<A: Adapter>(
-    ctx: ChatContext,
-    io: SocketIo<A>,
-    room: &'static str,
-    suspended: Suspended,
-    grace: Duration,
-) {
-    tokio::time::sleep(grace).await;
-    match ctx.presence.expire(room, &suspended).await {
-        Ok(Some(left)) => announce_left(&io, room, &left).await,
-        Ok(None) => {}
-        Err(err) => tracing::warn!(%err, "could not expire a dropped user"),
-    }
-}
-
-async fn announce_left<A: Adapter>(io: &SocketIo<A>, room: &'static str, left: &crate::chat::Left) {
+async fn announce_left<A: Adapter>(io: &SocketIo<A>, room: &'static str, left: &Left) {
     tracing::info!(users = left.num_users, "user left");
     let change = UserChange {
         username: &left.username,

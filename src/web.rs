@@ -3,7 +3,10 @@
 //! Everything is embedded in the binary at build time, so a deployment is one file.
 
 use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -109,6 +112,34 @@ async fn client_file(path: &'static str, body: &'static [u8]) -> Response {
     }
     response
 }
+
+/// Engine.IO handshakes offer the WebSocket upgrade even when WebSocket is disabled; a client then
+/// makes an upgrade attempt that can only fail. With WebSocket off, this middleware removes the
+/// offer from the polling handshake (the only response whose body starts with `0{`).
+pub async fn no_upgrade_offer(request: Request, next: Next) -> Response {
+    let is_handshake = request.uri().path().starts_with("/socket.io/")
+        && request.method() == axum::http::Method::GET
+        && request.uri().query().is_some_and(|q| !q.contains("sid="));
+    let response = next.run(request).await;
+    if !is_handshake || response.status() != StatusCode::OK {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // A handshake is a few hundred bytes; anything larger is not one.
+    let Ok(bytes) = axum::body::to_bytes(body, HANDSHAKE_MAX_BYTES).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let rewritten = match std::str::from_utf8(&bytes) {
+        Ok(text) if text.starts_with("0{") => {
+            Bytes::from(text.replacen(r#""upgrades":["websocket"]"#, r#""upgrades":[]"#, 1))
+        }
+        _ => bytes,
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(rewritten))
+}
+
+const HANDSHAKE_MAX_BYTES: usize = 4_096;
 
 /// Liveness: the process is up and serving HTTP.
 async fn healthz() -> impl IntoResponse {

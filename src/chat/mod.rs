@@ -11,9 +11,14 @@ mod presence;
 mod rate;
 
 pub use error::{ChatError, ErrorCode};
-pub use history::{History, HistoryPage, MemoryHistory, StoredMessage};
+pub use history::{
+    History, HistoryPage, IDS_PER_MILLI, MemoryHistory, StoredMessage, next_id, select_page,
+};
 pub use limits::Limits;
-pub use presence::{JoinRequest, Joined, Left, MemoryPresence, Presence, Suspended};
+pub use presence::{
+    ConnId, JoinRequest, Joined, Left, MAX_VARIANTS, MemoryPresence, Presence, name_key,
+    new_session_token, variant,
+};
 pub use rate::TokenBucket;
 
 use futures::future::BoxFuture;

@@ -37,13 +37,6 @@ pub struct Left {
     pub num_users: usize,
 }
 
-/// A person whose connection dropped: their entry stays until `expire` with this generation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Suspended {
-    pub session: String,
-    pub generation: u64,
-}
-
 /// A join request, already validated.
 #[derive(Debug, Clone)]
 pub struct JoinRequest<'a> {
@@ -60,10 +53,18 @@ pub trait Presence: Send + Sync + 'static {
     /// The connection left on purpose: remove its person now. `None` when the connection held
     /// nobody (it never joined, or it was replaced).
     fn leave<'a>(&'a self, room: &'a str, conn: &'a str) -> StoreFuture<'a, Option<Left>>;
-    /// The connection dropped: keep its person, unheld, until `expire`.
-    fn suspend<'a>(&'a self, room: &'a str, conn: &'a str) -> StoreFuture<'a, Option<Suspended>>;
-    /// The grace period is over: remove the person if nobody took it back meanwhile.
-    fn expire<'a>(&'a self, room: &'a str, s: &'a Suspended) -> StoreFuture<'a, Option<Left>>;
+    /// The connection dropped: keep its person, unheld, until `expires_at_ms` (the end of the
+    /// reconnect grace period). False when the connection held nobody.
+    fn suspend<'a>(
+        &'a self,
+        room: &'a str,
+        conn: &'a str,
+        expires_at_ms: u64,
+    ) -> StoreFuture<'a, bool>;
+    /// Removes the people whose grace period ended by `now_ms` and returns them, to be announced
+    /// as left by the caller. Each person is returned to exactly one caller, however many
+    /// instances reap at once.
+    fn reap<'a>(&'a self, room: &'a str, now_ms: u64) -> StoreFuture<'a, Vec<Left>>;
     /// The number of people and their nicknames, sorted case-insensitively.
     fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)>;
 }
@@ -107,8 +108,10 @@ struct RoomPresence {
 struct Person {
     username: String,
     session: String,
+    /// The connection holding the person; `None` during the grace period.
     conn: Option<ConnId>,
-    generation: u64,
+    /// When the grace period ends (meaningful only while `conn` is `None`).
+    expires_at_ms: u64,
 }
 
 impl RoomPresence {
@@ -152,7 +155,7 @@ impl RoomPresence {
                 username: username.clone(),
                 session: session.clone(),
                 conn: Some(conn),
-                generation: 0,
+                expires_at_ms: 0,
             },
         );
         let (num_users, users) = self.users();
@@ -177,7 +180,6 @@ impl RoomPresence {
             self.sessions.insert(person.session.clone(), key.to_owned());
         }
         let previous = person.conn.replace(conn.clone());
-        person.generation += 1;
         let (username, session) = (person.username.clone(), person.session.clone());
         let replaced = previous.filter(|p| *p != conn);
         if let Some(old) = &replaced {
@@ -237,28 +239,36 @@ impl Presence for MemoryPresence {
         Box::pin(async move { Ok(left) })
     }
 
-    fn suspend<'a>(&'a self, room: &'a str, conn: &'a str) -> StoreFuture<'a, Option<Suspended>> {
+    fn suspend<'a>(
+        &'a self,
+        room: &'a str,
+        conn: &'a str,
+        expires_at_ms: u64,
+    ) -> StoreFuture<'a, bool> {
         let suspended = self.with_room(room, |r| {
-            let key = r.conns.remove(conn)?;
-            let person = r.people.get_mut(&key)?;
+            let Some(key) = r.conns.remove(conn) else {
+                return false;
+            };
+            let Some(person) = r.people.get_mut(&key) else {
+                return false;
+            };
             person.conn = None;
-            person.generation += 1;
-            Some(Suspended {
-                session: person.session.clone(),
-                generation: person.generation,
-            })
+            person.expires_at_ms = expires_at_ms;
+            true
         });
         Box::pin(async move { Ok(suspended) })
     }
 
-    fn expire<'a>(&'a self, room: &'a str, s: &'a Suspended) -> StoreFuture<'a, Option<Left>> {
+    fn reap<'a>(&'a self, room: &'a str, now_ms: u64) -> StoreFuture<'a, Vec<Left>> {
         let left = self.with_room(room, |r| {
-            let key = r.sessions.get(&s.session)?.clone();
-            let person = r.people.get(&key)?;
-            if person.conn.is_some() || person.generation != s.generation {
-                return None;
-            }
-            r.remove(&key)
+            let mut expired: Vec<String> = r
+                .people
+                .iter()
+                .filter(|(_, p)| p.conn.is_none() && p.expires_at_ms <= now_ms)
+                .map(|(key, _)| key.clone())
+                .collect();
+            expired.sort();
+            expired.iter().filter_map(|key| r.remove(key)).collect()
         });
         Box::pin(async move { Ok(left) })
     }
@@ -355,10 +365,18 @@ mod tests {
         let p = MemoryPresence::default();
         p.join(req("alice", "c1", None)).await.unwrap();
         p.join(req("bob", "c2", None)).await.unwrap();
-        let s = p.suspend("r", "c1").await.unwrap().unwrap();
-        let left = p.expire("r", &s).await.unwrap().unwrap();
-        assert_eq!((left.username.as_str(), left.num_users), ("alice", 1));
-        assert_eq!(p.expire("r", &s).await.unwrap(), None);
+        assert!(p.suspend("r", "c1", 1_000).await.unwrap());
+        assert!(!p.suspend("r", "c1", 1_000).await.unwrap());
+        assert!(p.reap("r", 999).await.unwrap().is_empty());
+        let left = p.reap("r", 1_000).await.unwrap();
+        assert_eq!(
+            left,
+            vec![Left {
+                username: "alice".into(),
+                num_users: 1
+            }]
+        );
+        assert!(p.reap("r", 2_000).await.unwrap().is_empty());
         // The name is free again.
         let again = p.join(req("alice", "c3", None)).await.unwrap();
         assert!(!again.resumed);
