@@ -1,6 +1,7 @@
 //! Settings, from flags and the environment. Every default runs a full single-instance chat.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -81,6 +82,25 @@ pub struct Config {
     #[arg(long, env = "BANTER_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
+    /// Redis URL that switches on scale-out: every instance with the same Redis serves one chat.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (managed caches such as
+    /// Azure Cache for Redis use rediss:// on port 6380). REDIS_URL is read too when this is unset.
+    /// Without it, Banter runs a single self-contained instance.
+    #[arg(long, env = "BANTER_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// A PEM file of CA certificates to trust for rediss:// instead of the system's roots (for a
+    /// Redis with a private or self-signed certificate).
+    #[arg(long, env = "BANTER_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// With Redis: an instance that stops heart-beating for this long is taken for dead, in
+    /// milliseconds. Its people are then treated as dropped: they keep their place for the
+    /// reconnect grace period (so at most this plus the grace period, 15 s by default, until the
+    /// others see them leave).
+    #[arg(long, env = "BANTER_INSTANCE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub instance_timeout_ms: u64,
+
     /// Log format: "text" for people, "json" for log collectors. The level is set with RUST_LOG
     /// (default: info).
     #[arg(long, env = "BANTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -135,7 +155,29 @@ impl Config {
             bail!("--max-payload-bytes must be at least 1024");
         }
         usize::try_from(self.max_payload_bytes).context("--max-payload-bytes is too large")?;
+        if self.instance_timeout_ms < 1_000 {
+            bail!(
+                "--instance-timeout-ms must be at least 1000 (instances heart-beat every 500 ms)"
+            );
+        }
+        if let Some(url) = self.redis_url()
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            bail!("the Redis URL must start with redis:// or rediss://");
+        }
         Ok(())
+    }
+
+    /// The Redis URL from `--redis-url`, `BANTER_REDIS_URL` or `REDIS_URL`, if any.
+    pub fn redis_url(&self) -> Option<String> {
+        self.redis_url
+            .clone()
+            .or_else(|| std::env::var("REDIS_URL").ok())
+            .filter(|url| !url.trim().is_empty())
+    }
+
+    pub fn instance_timeout(&self) -> Duration {
+        Duration::from_millis(self.instance_timeout_ms)
     }
 
     pub fn limits(&self) -> Limits {

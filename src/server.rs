@@ -1,5 +1,6 @@
 //! Assembles the service (page, client bundle, health, Socket.IO) and serves it on a listener
-//! until shutdown.
+//! until shutdown. The adapter is chosen here, once: in-process by default, Redis when a Redis
+//! URL is set. Everything else is the same code, generic over the adapter.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,75 +9,26 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::serve::ListenerExt;
+use futures::StreamExt;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::handler::ConnectHandler;
-use socketioxide::{SocketIo, TransportType};
+use socketioxide::{SocketIo, SocketIoBuilder, TransportType};
+use socketioxide_redis::drivers::Driver;
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
-use crate::chat::{MemoryHistory, MemoryPresence};
+use crate::chat::{History, LOBBY, MemoryHistory, MemoryPresence, Presence};
+use crate::cluster::{self, RedisStore, ResilientDriver};
 use crate::config::{Config, Transport};
 use crate::socket::{self, ChatContext, ChatSettings};
-use crate::web;
+use crate::web::{self, Readiness};
 
-/// The HTTP service and the Socket.IO handle that controls its connections.
-pub struct App {
-    pub router: Router,
-    pub io: SocketIo,
-    pub ctx: ChatContext,
-}
+/// The Socket.IO adapter used with Redis.
+type RedisAdapter = CustomRedisAdapter<socketioxide::adapter::Emitter, ResilientDriver>;
 
-/// Builds the whole service from the configuration, without serving it.
-pub fn app(config: &Config) -> anyhow::Result<App> {
-    config.validate()?;
-    let max_payload = usize::try_from(config.max_payload_bytes)?;
-    let ctx = ChatContext {
-        presence: Arc::new(MemoryPresence::default()),
-        history: Arc::new(MemoryHistory::new(config.history_len)),
-        settings: Arc::new(settings(config)),
-        message_order: Arc::new(tokio::sync::Mutex::new(())),
-    };
-    let builder = SocketIo::builder()
-        .ping_interval(config.ping_interval())
-        .ping_timeout(config.ping_timeout())
-        .max_payload(config.max_payload_bytes)
-        // The Engine.IO max payload only governs polling; WebSocket frames have their own caps.
-        .ws_max_message_size(max_payload)
-        .ws_max_frame_size(max_payload)
-        .with_state(ctx.clone());
-    let polling = config.transports.contains(&Transport::Polling);
-    let websocket = config.transports.contains(&Transport::Websocket);
-    let builder = match (polling, websocket) {
-        (true, false) => builder.transports([TransportType::Polling]),
-        (false, true) => builder.transports([TransportType::Websocket]),
-        _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
-    };
-    let (socket_io, io) = builder.build_svc();
-    io.ns(
-        "/",
-        socket::on_connect::<LocalAdapter>.with(socket::on_connecting::<LocalAdapter>),
-    );
-
-    // Our exact routes first; everything else (the Engine.IO endpoint under /socket.io/, and
-    // the 404s) goes to the Socket.IO service.
-    let mut router = web::routes().fallback_service(socket_io);
-    if !websocket {
-        router = router.layer(axum::middleware::from_fn(web::no_upgrade_offer));
-    }
-    let router = router.layer(TraceLayer::new_for_http());
-    Ok(App { router, io, ctx })
-}
-
-fn settings(config: &Config) -> ChatSettings {
-    ChatSettings {
-        limits: config.limits(),
-        history_len: config.history_len,
-        message_rate: config.message_rate,
-        message_burst: config.message_burst,
-        typing_rate: config.typing_rate,
-        reconnect_grace: config.reconnect_grace(),
-    }
-}
+/// How often an instance tells Redis it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// Serves the chat on an already bound listener until `shutdown` resolves, then stops accepting,
 /// closes every Socket.IO connection (clients see a transport close and reconnect, elsewhere
@@ -87,8 +39,160 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let App { router, io, ctx } = app(&config)?;
-    let reaper = tokio::spawn(reap_forever(ctx, io.clone(), reap_interval(&config)));
+    config.validate()?;
+    match config.redis_url() {
+        None => {
+            let ctx = context(
+                &config,
+                Arc::new(MemoryPresence::default()),
+                Arc::new(MemoryHistory::new(config.history_len)),
+            );
+            let (svc, io) = socket_io(&config).with_state(ctx.clone()).build_svc();
+            io.ns(
+                "/",
+                socket::on_connect::<LocalAdapter>.with(socket::on_connecting::<LocalAdapter>),
+            );
+            let router = router(&config, svc, Readiness::default());
+            let background = tokio::spawn(reap_forever(ctx, io.clone(), reap_interval(&config)));
+            serve(listener, &config, router, io, shutdown, background, None).await
+        }
+        Some(url) => {
+            let options = cluster::RedisOptions {
+                url,
+                ca_file: config.redis_ca_file.clone(),
+            };
+            let redis = cluster::connect(&options).await?;
+            let instance = cluster::new_instance_id();
+            let store = Arc::new(RedisStore::new(
+                redis.conn.clone(),
+                redis.health.clone(),
+                instance.clone(),
+                config.reconnect_grace_ms,
+                config.history_len,
+            ));
+            store
+                .heartbeat(LOBBY, config.instance_timeout_ms)
+                .await
+                .context("cannot register this instance in Redis")?;
+            tracing::info!(instance, "joined the cluster");
+            let ctx = context(&config, store.clone(), store.clone());
+            let adapter = RedisAdapterCtr::new_with_driver(
+                redis.driver.clone(),
+                RedisAdapterConfig::new().with_prefix("banter-socket.io"),
+            );
+            let (svc, io) = socket_io(&config)
+                .with_adapter::<RedisAdapter>(adapter)
+                .with_state(ctx.clone())
+                .build_svc();
+            io.ns(
+                "/",
+                socket::on_connect::<RedisAdapter>.with(socket::on_connecting::<RedisAdapter>),
+            )
+            .await
+            .context("cannot set up the Redis adapter")?;
+            let messages = redis
+                .driver
+                .subscribe(cluster::messages_channel(LOBBY), MESSAGE_STREAM_BUFFER)
+                .await
+                .context("cannot subscribe to the message channel")?;
+            let readiness = Readiness {
+                redis: Some(redis.health.clone()),
+            };
+            let router = router(&config, svc, readiness);
+            let background = tokio::spawn(cluster_forever(
+                ctx,
+                io.clone(),
+                store.clone(),
+                redis.health.clone(),
+                config.clone(),
+                messages,
+            ));
+            serve(
+                listener,
+                &config,
+                router,
+                io,
+                shutdown,
+                background,
+                Some(store),
+            )
+            .await
+        }
+    }
+}
+
+/// How many published messages may wait for local delivery before the newest are dropped.
+const MESSAGE_STREAM_BUFFER: usize = 65_536;
+
+fn context(config: &Config, presence: Arc<dyn Presence>, history: Arc<dyn History>) -> ChatContext {
+    ChatContext {
+        presence,
+        history,
+        settings: Arc::new(ChatSettings {
+            limits: config.limits(),
+            history_len: config.history_len,
+            message_rate: config.message_rate,
+            message_burst: config.message_burst,
+            typing_rate: config.typing_rate,
+            reconnect_grace: config.reconnect_grace(),
+        }),
+        message_order: Arc::new(tokio::sync::Mutex::new(())),
+    }
+}
+
+/// The Socket.IO settings shared by both adapters.
+fn socket_io(config: &Config) -> SocketIoBuilder {
+    // Validated: fits in usize.
+    let max_payload = usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX);
+    let builder = SocketIo::builder()
+        .ping_interval(config.ping_interval())
+        .ping_timeout(config.ping_timeout())
+        .max_payload(config.max_payload_bytes)
+        // The Engine.IO max payload only governs polling; WebSocket frames have their own caps.
+        .ws_max_message_size(max_payload)
+        .ws_max_frame_size(max_payload);
+    match transports(config) {
+        (true, false) => builder.transports([TransportType::Polling]),
+        (false, true) => builder.transports([TransportType::Websocket]),
+        _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
+    }
+}
+
+fn transports(config: &Config) -> (bool, bool) {
+    (
+        config.transports.contains(&Transport::Polling),
+        config.transports.contains(&Transport::Websocket),
+    )
+}
+
+/// Our exact routes first; everything else (the Engine.IO endpoint under /socket.io/, and the
+/// 404s) goes to the Socket.IO service.
+fn router<S>(config: &Config, socket_io: S, readiness: Readiness) -> Router
+where
+    S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let mut router = web::routes(readiness).fallback_service(socket_io);
+    if !transports(config).1 {
+        router = router.layer(axum::middleware::from_fn(web::no_upgrade_offer));
+    }
+    router.layer(TraceLayer::new_for_http())
+}
+
+async fn serve<A: Adapter>(
+    listener: TcpListener,
+    config: &Config,
+    router: Router,
+    io: SocketIo<A>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    background: tokio::task::JoinHandle<()>,
+    store: Option<Arc<RedisStore>>,
+) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm held
     // back-to-back frames to one client about 40 ms apart.
@@ -104,17 +208,27 @@ pub async fn run(
 
     tokio::select! {
         result = &mut serving => {
+            background.abort();
             return result.context("the server task failed")?.context("the server failed");
         }
         () = shutdown => {}
     }
     tracing::info!("shutting down: no new connections; closing sockets");
     let _ = stop_tx.send(true);
+    // Other instances take this one's people as dropped at once: they can reconnect there and
+    // keep their place, instead of waiting for the heartbeat to lapse.
+    if let Some(store) = &store
+        && let Err(err) = store.retire(LOBBY).await
+    {
+        tracing::warn!(%err, "could not tell Redis that this instance is leaving");
+    }
     let drain = async {
         io.close().await;
         serving.await
     };
-    match tokio::time::timeout(config.shutdown_timeout(), drain).await {
+    let drained = tokio::time::timeout(config.shutdown_timeout(), drain).await;
+    background.abort();
+    match drained {
         Ok(result) => result
             .context("the server task failed")?
             .context("the server failed")?,
@@ -123,7 +237,6 @@ pub async fn run(
             "connections still open after the shutdown timeout; exiting anyway"
         ),
     }
-    reaper.abort();
     tracing::info!("stopped");
     Ok(())
 }
@@ -142,4 +255,92 @@ async fn reap_forever<A: Adapter>(ctx: ChatContext, io: SocketIo<A>, every: Dura
         ticks.tick().await;
         socket::reap(&ctx, &io).await;
     }
+}
+
+/// An instance's duties in a cluster, for as long as it runs: deliver published messages in
+/// order, heart-beat, end grace periods, and put its people back when Redis lost them.
+async fn cluster_forever<A: Adapter>(
+    ctx: ChatContext,
+    io: SocketIo<A>,
+    store: Arc<RedisStore>,
+    health: Arc<cluster::RedisHealth>,
+    config: Config,
+    mut messages: socketioxide_redis::drivers::MessageStream<socketioxide_redis::drivers::ChanItem>,
+) {
+    let deliver = {
+        let io = io.clone();
+        async move {
+            while let Some((_, payload)) = messages.next().await {
+                match cluster::parse_published(&payload) {
+                    Some(p) => socket::deliver_published(&io, LOBBY, &p.sender, &p.message).await,
+                    None => tracing::warn!("unreadable message on the message channel"),
+                }
+            }
+            tracing::error!("the message channel closed; cross-instance messages stop here");
+        }
+    };
+    let duties = async move {
+        let mut reap_ticks = tokio::time::interval(reap_interval(&config));
+        reap_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat_ticks = tokio::time::interval(HEARTBEAT_EVERY);
+        beat_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut must_restore = false;
+        let mut outages_seen = health.reconnects();
+        loop {
+            tokio::select! {
+                _ = reap_ticks.tick() => socket::reap(&ctx, &io).await,
+                _ = beat_ticks.tick() => {
+                    let unknown = store.heartbeat(LOBBY, config.instance_timeout_ms).await;
+                    must_restore |= matches!(unknown, Ok(true));
+                    // Back from an outage: what happened meanwhile was not recorded.
+                    must_restore |= health.reconnects() != outages_seen;
+                    outages_seen = health.reconnects();
+                    if must_restore {
+                        must_restore = !restore_members(&store, &io).await;
+                    }
+                }
+            }
+        }
+    };
+    tokio::join!(deliver, duties);
+}
+
+/// Puts this instance's people back into Redis after it lost them. False when Redis failed
+/// meanwhile (the caller tries again).
+async fn restore_members<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) -> bool {
+    let members = socket::local_members(io);
+    let mut restored = 0;
+    for m in &members {
+        match store
+            .register(m.room, &m.conn, &m.username, &m.session)
+            .await
+        {
+            Ok(true) => restored += 1,
+            Ok(false) => {
+                tracing::warn!("a nickname was taken by someone else while Redis was away")
+            }
+            Err(err) => {
+                tracing::warn!(%err, "could not restore presence; will retry");
+                return false;
+            }
+        }
+    }
+    let live: Vec<String> = members.iter().map(|m| m.conn.clone()).collect();
+    match store.reconcile(LOBBY, &live).await {
+        Ok(0) => {}
+        Ok(dropped) => tracing::info!(
+            dropped,
+            "people who left during the outage now start their grace period"
+        ),
+        Err(err) => {
+            tracing::warn!(%err, "could not reconcile presence; will retry");
+            return false;
+        }
+    }
+    tracing::info!(
+        restored,
+        of = members.len(),
+        "restored this instance's people in Redis"
+    );
+    true
 }

@@ -6,7 +6,6 @@
 //! as a raw JSON value and checked here.
 
 use std::convert::Infallible;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, Extension, SocketRef, State, TryData};
 use socketioxide::handler::FromMessageParts;
-use socketioxide::socket::{DisconnectReason, Sid, Socket};
+use socketioxide::socket::{DisconnectReason, Socket};
 
 use crate::chat::{
     ChatError, ErrorCode, History, Joined, LOBBY, Limits, Presence, StoredMessage, TokenBucket,
@@ -81,6 +80,7 @@ enum Membership {
 struct Member {
     room: &'static str,
     username: Arc<str>,
+    session: Arc<str>,
     typing: bool,
 }
 
@@ -264,6 +264,7 @@ pub async fn on_connecting<A: Adapter>(
         )),
     }));
 
+    socket.join(conn_room(&socket.id.to_string()));
     socket.on(inbound::ADD_USER, add_user::<A>);
     socket.on(inbound::NEW_MESSAGE, new_message::<A>);
     socket.on(inbound::TYPING, typing::<A>);
@@ -358,7 +359,7 @@ async fn join<A: Adapter>(
     };
 
     if let Some(old) = &joined.replaced {
-        replace_socket(io, old);
+        replace_socket(io, old).await;
     }
     let login = Login {
         num_users: joined.num_users,
@@ -376,6 +377,7 @@ async fn join<A: Adapter>(
     let member = Member {
         room,
         username: Arc::from(joined.username.as_str()),
+        session: Arc::from(joined.session.as_str()),
         typing: false,
     };
     Ok((member, joined, login))
@@ -392,20 +394,23 @@ async fn announce_join<A: Adapter>(socket: &SocketRef<A>, joined: &Joined) {
     broadcast(socket.to(LOBBY), outbound::USER_JOINED, &change).await;
 }
 
-/// Closes the socket that held a person until another socket presented its session.
-fn replace_socket<A: Adapter>(io: &SocketIo<A>, old: &str) {
-    let Ok(sid) = Sid::from_str(old) else { return };
-    let Some(old) = io.get_socket(sid) else {
-        return;
-    };
+/// Closes the socket that held a person until another socket presented its session. It may be
+/// on another instance: every socket is in a room of its own (`conn_room`), and the adapter
+/// reaches it there.
+async fn replace_socket<A: Adapter>(io: &SocketIo<A>, old: &str) {
     let err = ChatError::new(
         ErrorCode::Replaced,
         "you joined again from another connection; this one is closed",
     );
-    emit(&old, outbound::ERROR_MESSAGE, &err);
-    if let Err(err) = old.disconnect() {
-        tracing::debug!(%err, "replaced socket was already gone");
+    broadcast(io.to(conn_room(old)), outbound::ERROR_MESSAGE, &err).await;
+    if let Err(err) = io.to(conn_room(old)).disconnect().await {
+        tracing::debug!(%err, "could not disconnect a replaced socket");
     }
+}
+
+/// The room that holds only the connection `sid`.
+fn conn_room(sid: &str) -> String {
+    format!("conn:{sid}")
 }
 
 async fn new_message<A: Adapter>(
@@ -452,14 +457,26 @@ async fn post_message<A: Adapter>(
             ));
         }
     }
-    let _in_order = ctx.message_order.lock().await;
-    let stored = ctx
+    let sid = socket.id.to_string();
+    // Stores that publish keep id order themselves; otherwise assign-and-broadcast is one step.
+    let _in_order = match ctx.history.publishes() {
+        true => None,
+        false => Some(ctx.message_order.lock().await),
+    };
+    let appended = ctx
         .history
-        .append(member.room, &member.username, &text)
+        .append(member.room, &sid, &member.username, &text)
         .await
         .inspect_err(|err| tracing::warn!(%err, "could not store a message"))?;
-    broadcast(socket.to(member.room), outbound::NEW_MESSAGE, &stored).await;
-    Ok(stored)
+    if !appended.published {
+        broadcast(
+            socket.to(member.room),
+            outbound::NEW_MESSAGE,
+            &appended.message,
+        )
+        .await;
+    }
+    Ok(appended.message)
 }
 
 async fn typing<A: Adapter>(
@@ -581,6 +598,43 @@ async fn announce_left<A: Adapter>(io: &SocketIo<A>, room: &'static str, left: &
         num_users: left.num_users,
     };
     broadcast(io.to(room), outbound::USER_LEFT, &change).await;
+}
+
+/// Delivers a message that the store published, to this instance's sockets in the room except
+/// the sender. Called in the order the store published, which is id order.
+pub async fn deliver_published<A: Adapter>(
+    io: &SocketIo<A>,
+    room: &str,
+    sender: &str,
+    message: &StoredMessage,
+) {
+    let to = io.local().to(room.to_owned()).except(conn_room(sender));
+    broadcast(to, outbound::NEW_MESSAGE, message).await;
+}
+
+/// A person held by one of this instance's sockets.
+pub struct LocalMember {
+    pub conn: String,
+    pub room: &'static str,
+    pub username: String,
+    pub session: String,
+}
+
+/// The people this instance's sockets hold, to put back into a store that lost them.
+pub fn local_members<A: Adapter>(io: &SocketIo<A>) -> Vec<LocalMember> {
+    io.sockets()
+        .into_iter()
+        .filter_map(|socket| {
+            let conn = socket.extensions.get::<Arc<Conn>>()?;
+            let member = conn.member()?;
+            Some(LocalMember {
+                conn: socket.id.to_string(),
+                room: member.room,
+                username: member.username.to_string(),
+                session: member.session.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Emits to everyone the operator selects. A failed broadcast is logged, never returned: the

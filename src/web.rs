@@ -2,6 +2,8 @@
 //!
 //! Everything is embedded in the binary at build time, so a deployment is one file.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -9,6 +11,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+
+use crate::cluster::RedisHealth;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
@@ -58,7 +62,7 @@ pub const CLIENT_VERSION: &str = env!("BANTER_CLIENT_VERSION");
 
 /// Routes that do not involve Socket.IO. The Socket.IO engine answers every other path under
 /// `/socket.io/` itself, so the bundle's exact paths are routed here first.
-pub fn routes() -> Router {
+pub fn routes(readiness: Readiness) -> Router {
     let mut router = Router::new()
         .route("/", get(|| page(INDEX_HTML, "text/html; charset=utf-8")))
         .route(
@@ -73,7 +77,8 @@ pub fn routes() -> Router {
             "/style.css",
             get(|| page(STYLE_CSS, "text/css; charset=utf-8")),
         )
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(move || readyz(readiness.clone())));
     for &(path, body) in CLIENT_FILES {
         router = router.route(path, get(move || client_file(path, body)));
     }
@@ -140,6 +145,35 @@ pub async fn no_upgrade_offer(request: Request, next: Next) -> Response {
 }
 
 const HANDSHAKE_MAX_BYTES: usize = 4_096;
+
+/// What `/readyz` reports on.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    /// Present when the instance uses Redis.
+    pub redis: Option<Arc<RedisHealth>>,
+}
+
+/// Readiness: serving, and Redis reachable where it is used. A load balancer sends new clients
+/// elsewhere while this says 503; existing clients keep chatting locally.
+async fn readyz(readiness: Readiness) -> Response {
+    let (status, redis) = match &readiness.redis {
+        None => (StatusCode::OK, "not used"),
+        Some(health) if health.is_up() => (StatusCode::OK, "up"),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "down"),
+    };
+    let ready = status == StatusCode::OK;
+    let reconnects = readiness.redis.as_ref().map(|h| h.reconnects());
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(serde_json::json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "redis": redis,
+            "redisReconnects": reconnects,
+        })),
+    )
+        .into_response()
+}
 
 /// Liveness: the process is up and serving HTTP.
 async fn healthz() -> impl IntoResponse {

@@ -16,6 +16,15 @@ pub struct StoredMessage {
     pub message: String,
 }
 
+/// The outcome of `History::append`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub message: StoredMessage,
+    /// True when the store has already delivered the message to every instance, in id order;
+    /// false when the caller must broadcast it (in-process store, or Redis unreachable).
+    pub published: bool,
+}
+
 /// What a joining client is sent: messages oldest first, and whether they are all it missed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryPage {
@@ -26,12 +35,14 @@ pub struct HistoryPage {
 /// Where messages are stored. One implementation per deployment, chosen at start-up.
 pub trait History: Send + Sync + 'static {
     /// Stores a message and assigns its id (greater than every earlier id of the room) and `ts`.
+    /// `sender` is the sending connection, for stores that also publish (see `publishes`).
     fn append<'a>(
         &'a self,
         room: &'a str,
+        sender: &'a str,
         username: &'a str,
         message: &'a str,
-    ) -> StoreFuture<'a, StoredMessage>;
+    ) -> StoreFuture<'a, Appended>;
 
     /// The messages after `last_id` (at most `limit`, the newest ones), or the last `limit`
     /// messages when `last_id` is `None`.
@@ -41,6 +52,12 @@ pub trait History: Send + Sync + 'static {
         last_id: Option<u64>,
         limit: usize,
     ) -> StoreFuture<'a, HistoryPage>;
+
+    /// True when `append` normally delivers the message itself (see `Appended::published`): the
+    /// caller then need not hold the per-chat order lock, which only serves its own broadcasts.
+    fn publishes(&self) -> bool {
+        false
+    }
 }
 
 /// Ids are derived from the clock (milliseconds × 1000, plus a counter within a millisecond) so
@@ -94,9 +111,10 @@ impl History for MemoryHistory {
     fn append<'a>(
         &'a self,
         room: &'a str,
+        _sender: &'a str,
         username: &'a str,
         message: &'a str,
-    ) -> StoreFuture<'a, StoredMessage> {
+    ) -> StoreFuture<'a, Appended> {
         let stored = self.with_room(room, |r| {
             let ts = now_millis();
             let id = next_id(r.last_id, ts);
@@ -115,7 +133,12 @@ impl History for MemoryHistory {
             }
             stored
         });
-        Box::pin(async move { Ok(stored) })
+        Box::pin(async move {
+            Ok(Appended {
+                message: stored,
+                published: false,
+            })
+        })
     }
 
     fn page<'a>(
@@ -165,7 +188,12 @@ mod tests {
     async fn fill(h: &MemoryHistory, n: usize) -> Vec<StoredMessage> {
         let mut out = Vec::new();
         for i in 0..n {
-            out.push(h.append("r", "bob", &format!("m{i}")).await.unwrap());
+            out.push(
+                h.append("r", "c", "bob", &format!("m{i}"))
+                    .await
+                    .unwrap()
+                    .message,
+            );
         }
         out
     }
@@ -221,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn rooms_are_separate() {
         let h = MemoryHistory::new(5);
-        h.append("a", "x", "in a").await.unwrap();
+        h.append("a", "c", "x", "in a").await.unwrap();
         assert!(h.page("b", None, 10).await.unwrap().messages.is_empty());
     }
 }

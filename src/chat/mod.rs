@@ -12,7 +12,8 @@ mod rate;
 
 pub use error::{ChatError, ErrorCode};
 pub use history::{
-    History, HistoryPage, IDS_PER_MILLI, MemoryHistory, StoredMessage, next_id, select_page,
+    Appended, History, HistoryPage, IDS_PER_MILLI, MemoryHistory, StoredMessage, next_id,
+    select_page,
 };
 pub use limits::Limits;
 pub use presence::{

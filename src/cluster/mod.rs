@@ -1,0 +1,151 @@
+//! Scale-out over Redis: the socketioxide adapter's driver, and the cluster-wide stores.
+//!
+//! With `--redis-url`, every instance shares one Redis: broadcasts cross instances through the
+//! socketioxide Redis adapter, and presence, sessions and history live in Redis (`store.rs`), so
+//! that counts, users, nicknames and message ids are the same whichever instance a client is on.
+//!
+//! Redis faults are survived, not fatal: one `ConnectionManager` reconnects with backoff and
+//! re-subscribes every channel by itself; a failed publish is logged and local delivery goes on,
+//! so people on the same instance keep chatting while Redis is away.
+
+mod driver;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, ProtocolVersion};
+
+pub use driver::ResilientDriver;
+pub use store::{Published, RedisStore, messages_channel, parse_published};
+
+/// How long one Redis command may take before it counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to Redis may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait between two reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// How many times start-up tries to reach Redis (one second apart) before giving up.
+const STARTUP_ATTEMPTS: u32 = 15;
+
+/// Settings of the Redis connection.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://` or `rediss://` (TLS), with user and password if needed.
+    pub url: String,
+    /// A PEM file of CA certificates to trust for TLS instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Whether Redis answers, as seen by this instance. Transitions are logged once each, at WARN
+/// when Redis is lost and at INFO when it is back.
+#[derive(Debug, Default)]
+pub struct RedisHealth {
+    down: AtomicBool,
+    reconnects: AtomicU64,
+}
+
+impl RedisHealth {
+    pub fn is_up(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+
+    /// How many times Redis came back after being lost.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn observe<T>(&self, what: &str, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        match &result {
+            Ok(_) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    let n = self.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::info!(reconnects = n, "Redis is reachable again");
+                }
+            }
+            Err(err) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%err, what, "Redis is unreachable; local chat goes on, cross-instance delivery is paused");
+                } else {
+                    tracing::debug!(%err, what, "Redis still unreachable");
+                }
+            }
+        }
+        result
+    }
+}
+
+/// An open connection to Redis with the adapter driver that shares it.
+pub struct RedisConnection {
+    pub conn: ConnectionManager,
+    pub driver: ResilientDriver,
+    pub health: Arc<RedisHealth>,
+}
+
+/// Connects to Redis (retrying for a while at start-up), in RESP3 so that pub/sub messages
+/// arrive on the same multiplexed connection as commands.
+pub async fn connect(options: &RedisOptions) -> anyhow::Result<RedisConnection> {
+    let info = options
+        .url
+        .as_str()
+        .into_connection_info()
+        .context("the Redis URL is not valid")?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(settings);
+    let client = match &options.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the Redis CA file {}", path.display()))?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .context("cannot set up TLS for Redis")?
+        }
+        None => redis::Client::open(info).context("cannot set up the Redis client")?,
+    };
+
+    let health = Arc::new(RedisHealth::default());
+    let handlers = driver::Handlers::default();
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_max_delay(MAX_RECONNECT_DELAY)
+        .set_push_sender(driver::push_sender(handlers.clone(), health.clone()))
+        .set_automatic_resubscription();
+
+    let mut attempt = 0;
+    let conn = loop {
+        attempt += 1;
+        match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+            Ok(conn) => break conn,
+            Err(err) if attempt < STARTUP_ATTEMPTS => {
+                tracing::warn!(%err, attempt, "cannot reach Redis yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err).context("cannot reach Redis"),
+        }
+    };
+    tracing::info!("connected to Redis");
+    Ok(RedisConnection {
+        driver: ResilientDriver::new(conn.clone(), handlers, health.clone()),
+        conn,
+        health,
+    })
+}
+
+/// A random id for this instance, to tell in Redis which instance holds which connection.
+pub fn new_instance_id() -> String {
+    let bits: u64 = rand::random();
+    format!("{bits:016x}")
+}

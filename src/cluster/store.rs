@@ -1,0 +1,490 @@
+//! Presence, sessions and history in Redis: the cluster-wide versions of the in-memory stores.
+//!
+//! Each operation that reads and writes is one Lua script (in `lua/`), so that instances racing
+//! for a nickname or an expiry see one consistent order. Keys of a room share a hash tag
+//! (`banter:{lobby}:…`), so a room's scripts run on one shard in a Redis Cluster too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+
+use super::RedisHealth;
+use crate::chat::{
+    Appended, ChatError, History, HistoryPage, JoinRequest, Joined, Left, MAX_VARIANTS, Presence,
+    StoreFuture, StoredMessage, name_key, new_session_token, next_id, now_millis, select_page,
+    variant,
+};
+
+/// The prefix of every key and channel Banter uses.
+const PREFIX: &str = "banter";
+
+struct Scripts {
+    join: Script,
+    leave: Script,
+    suspend: Script,
+    reap: Script,
+    register: Script,
+    reconcile: Script,
+    append: Script,
+}
+
+/// The Redis-backed `Presence` and `History`, plus this instance's heartbeat.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    health: Arc<RedisHealth>,
+    instance: String,
+    grace_ms: u64,
+    history_len: usize,
+    scripts: Scripts,
+    /// The greatest message id this instance has seen assigned, for ids given while Redis is away.
+    last_local_id: AtomicU64,
+}
+
+/// The keys of one room.
+struct RoomKeys {
+    people: String,
+    sessions: String,
+    conns: String,
+    expiry: String,
+    instances: String,
+    history: String,
+    meta: String,
+}
+
+fn keys(room: &str) -> RoomKeys {
+    let k = |what: &str| format!("{PREFIX}:{{{room}}}:{what}");
+    RoomKeys {
+        people: k("people"),
+        sessions: k("sessions"),
+        conns: k("conns"),
+        expiry: k("expiry"),
+        instances: k("instances"),
+        history: k("history"),
+        meta: k("meta"),
+    }
+}
+
+/// The pub/sub channel on which a room's messages go out, in id order.
+pub fn messages_channel(room: &str) -> String {
+    format!("{PREFIX}:{{{room}}}:messages")
+}
+
+#[derive(Deserialize)]
+struct JoinReply {
+    k: i64,
+    u: String,
+    s: String,
+    r: String,
+    n: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct LeftReply {
+    u: String,
+    n: usize,
+}
+
+/// A message as published on the messages channel: who sent it (so that its instance does not
+/// echo it to the sender), and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub sender: String,
+    pub message: StoredMessage,
+}
+
+/// The stored form is `<id> <ts> <json {username, message}>`, written by `append.lua`: Lua
+/// cannot print 16-digit ids exactly as JSON numbers, so they stay text outside the JSON.
+fn parse_item(item: &str) -> Option<StoredMessage> {
+    #[derive(Deserialize)]
+    struct Body {
+        username: String,
+        message: String,
+    }
+    let (id, rest) = item.split_once(' ')?;
+    let (ts, json) = rest.split_once(' ')?;
+    let body: Body = serde_json::from_str(json).ok()?;
+    Some(StoredMessage {
+        id: id.parse().ok()?,
+        ts: ts.parse().ok()?,
+        username: body.username,
+        message: body.message,
+    })
+}
+
+/// Parses a payload of the messages channel: `<sender> <stored item>`.
+pub fn parse_published(payload: &[u8]) -> Option<Published> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (sender, item) = text.split_once(' ')?;
+    Some(Published {
+        sender: sender.to_owned(),
+        message: parse_item(item)?,
+    })
+}
+
+impl RedisStore {
+    pub fn new(
+        conn: ConnectionManager,
+        health: Arc<RedisHealth>,
+        instance: String,
+        grace_ms: u64,
+        history_len: usize,
+    ) -> Self {
+        Self {
+            conn,
+            health,
+            instance,
+            grace_ms,
+            history_len,
+            last_local_id: AtomicU64::new(0),
+            scripts: Scripts {
+                join: Script::new(include_str!("lua/join.lua")),
+                leave: Script::new(include_str!("lua/leave.lua")),
+                suspend: Script::new(include_str!("lua/suspend.lua")),
+                reap: Script::new(include_str!("lua/reap.lua")),
+                register: Script::new(include_str!("lua/register.lua")),
+                reconcile: Script::new(include_str!("lua/reconcile.lua")),
+                append: Script::new(include_str!("lua/append.lua")),
+            },
+        }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// A message accepted while Redis is unreachable: it gets an id from this instance's clock
+    /// (the same scheme as Redis's, so order is kept with what came before), is delivered to this
+    /// instance's sockets by the caller, and is not stored. People on this instance keep
+    /// chatting; the others do not see it.
+    fn unstored(&self, username: &str, message: &str) -> Appended {
+        let ts = now_millis();
+        let mut last = self.last_local_id.load(Ordering::Relaxed);
+        let id = loop {
+            let id = next_id(last, ts);
+            match self.last_local_id.compare_exchange(
+                last,
+                id,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break id,
+                Err(current) => last = current,
+            }
+        };
+        Appended {
+            message: StoredMessage {
+                id,
+                ts,
+                username: username.to_owned(),
+                message: message.to_owned(),
+            },
+            published: false,
+        }
+    }
+
+    /// Runs a script on the room's presence keys, recording Redis's health.
+    async fn presence_script<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        script: &Script,
+        room: &str,
+        args: &[&str],
+    ) -> Result<T, ChatError> {
+        // While Redis is known to be away, fail at once instead of after a timeout; the
+        // heartbeat notices when it is back.
+        if !self.health.is_up() {
+            return Err(ChatError::unavailable());
+        }
+        let k = keys(room);
+        let mut invocation = script.key(&k.people);
+        invocation
+            .key(&k.sessions)
+            .key(&k.conns)
+            .key(&k.expiry)
+            .key(&k.instances);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let result = invocation.invoke_async(&mut self.conn.clone()).await;
+        self.health.observe(what, result).map_err(|err| {
+            tracing::debug!(%err, what, "Redis operation failed");
+            ChatError::unavailable()
+        })
+    }
+
+    /// Says this instance is alive until `now + timeout`. Returns true when Redis did not know
+    /// the instance (a Redis restart that lost its data, or this instance taken for dead): the
+    /// caller then puts back the people it holds with `register`.
+    pub async fn heartbeat(&self, room: &str, timeout_ms: u64) -> Result<bool, ChatError> {
+        let deadline = now_millis().saturating_add(timeout_ms);
+        let result: redis::RedisResult<i64> = redis::cmd("ZADD")
+            .arg(keys(room).instances)
+            .arg(deadline)
+            .arg(&self.instance)
+            .query_async(&mut self.conn.clone())
+            .await;
+        let added = self
+            .health
+            .observe("heartbeat", result)
+            .map_err(|_| ChatError::unavailable())?;
+        Ok(added == 1)
+    }
+
+    /// Marks this instance as gone now, so that the others treat its people as dropped (they
+    /// reconnect elsewhere within the grace period) without waiting for the heartbeat to lapse.
+    pub async fn retire(&self, room: &str) -> Result<(), ChatError> {
+        let result: redis::RedisResult<i64> = redis::cmd("ZADD")
+            .arg(keys(room).instances)
+            .arg(now_millis())
+            .arg(&self.instance)
+            .query_async(&mut self.conn.clone())
+            .await;
+        self.health
+            .observe("retire", result)
+            .map(|_| ())
+            .map_err(|_| ChatError::unavailable())
+    }
+
+    /// Puts back a person held by one of this instance's connections.
+    pub async fn register(
+        &self,
+        room: &str,
+        conn: &str,
+        username: &str,
+        session: &str,
+    ) -> Result<bool, ChatError> {
+        let key = name_key(username);
+        let args = [conn, self.instance.as_str(), username, &key, session];
+        let restored: i64 = self
+            .presence_script("register", &self.scripts.register, room, &args)
+            .await?;
+        Ok(restored == 1)
+    }
+}
+
+impl RedisStore {
+    /// After an outage: starts the grace period of the people this instance holds through
+    /// connections it no longer has. Returns how many.
+    pub async fn reconcile(&self, room: &str, live_conns: &[String]) -> Result<u64, ChatError> {
+        let expires = now_millis().saturating_add(self.grace_ms).to_string();
+        let mut args: Vec<&str> = vec![&self.instance, &expires];
+        args.extend(live_conns.iter().map(String::as_str));
+        self.presence_script("reconcile", &self.scripts.reconcile, room, &args)
+            .await
+    }
+}
+
+impl Presence for RedisStore {
+    fn join<'a>(&'a self, req: JoinRequest<'a>) -> StoreFuture<'a, Joined> {
+        Box::pin(async move {
+            let fresh = new_session_token();
+            let mut candidates = vec![req.nickname.to_owned()];
+            candidates
+                .extend((2..=MAX_VARIANTS).map(|n| variant(req.nickname, n, req.max_name_chars)));
+            let candidate_keys: Vec<String> = candidates.iter().map(|c| name_key(c)).collect();
+            let mut args: Vec<&str> =
+                vec![req.conn, &self.instance, req.session.unwrap_or(""), &fresh];
+            for (name, key) in candidates.iter().zip(&candidate_keys) {
+                args.push(name);
+                args.push(key);
+            }
+            let raw: String = self
+                .presence_script("join", &self.scripts.join, req.room, &args)
+                .await?;
+            let reply: JoinReply = serde_json::from_str(&raw).map_err(|err| {
+                tracing::error!(%err, "unexpected reply from join.lua");
+                ChatError::unavailable()
+            })?;
+            if reply.k < 0 {
+                return Err(ChatError::new(
+                    crate::chat::ErrorCode::NameTaken,
+                    format!("the nickname {:?} and its variants are taken", req.nickname),
+                ));
+            }
+            let mut users = reply.n;
+            users.sort_by_cached_key(|u| (name_key(u), u.clone()));
+            Ok(Joined {
+                renamed_from: (reply.k == 0 && reply.u != req.nickname)
+                    .then(|| req.nickname.to_owned()),
+                username: reply.u,
+                session: reply.s,
+                resumed: reply.k == 1,
+                replaced: (!reply.r.is_empty()).then_some(reply.r),
+                num_users: users.len(),
+                users,
+            })
+        })
+    }
+
+    fn leave<'a>(&'a self, room: &'a str, conn: &'a str) -> StoreFuture<'a, Option<Left>> {
+        Box::pin(async move {
+            let reply: Option<(String, usize)> = self
+                .presence_script("leave", &self.scripts.leave, room, &[conn])
+                .await?;
+            Ok(reply.map(|(username, num_users)| Left {
+                username,
+                num_users,
+            }))
+        })
+    }
+
+    fn suspend<'a>(
+        &'a self,
+        room: &'a str,
+        conn: &'a str,
+        expires_at_ms: u64,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let expires = expires_at_ms.to_string();
+            let done: i64 = self
+                .presence_script("suspend", &self.scripts.suspend, room, &[conn, &expires])
+                .await?;
+            Ok(done == 1)
+        })
+    }
+
+    fn reap<'a>(&'a self, room: &'a str, now_ms: u64) -> StoreFuture<'a, Vec<Left>> {
+        Box::pin(async move {
+            let (now, grace) = (now_ms.to_string(), self.grace_ms.to_string());
+            let raw: String = self
+                .presence_script("reap", &self.scripts.reap, room, &[&now, &grace])
+                .await?;
+            let left: Vec<LeftReply> = serde_json::from_str(&raw).map_err(|err| {
+                tracing::error!(%err, "unexpected reply from reap.lua");
+                ChatError::unavailable()
+            })?;
+            Ok(left
+                .into_iter()
+                .map(|l| Left {
+                    username: l.u,
+                    num_users: l.n,
+                })
+                .collect())
+        })
+    }
+
+    fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)> {
+        Box::pin(async move {
+            let result: redis::RedisResult<Vec<String>> = redis::cmd("HVALS")
+                .arg(keys(room).people)
+                .query_async(&mut self.conn.clone())
+                .await;
+            let raw = self
+                .health
+                .observe("users", result)
+                .map_err(|_| ChatError::unavailable())?;
+            #[derive(Deserialize)]
+            struct Person {
+                u: String,
+            }
+            let mut users: Vec<String> = raw
+                .iter()
+                .filter_map(|p| serde_json::from_str::<Person>(p).ok())
+                .map(|p| p.u)
+                .collect();
+            users.sort_by_cached_key(|u| (name_key(u), u.clone()));
+            Ok((users.len(), users))
+        })
+    }
+}
+
+impl History for RedisStore {
+    fn append<'a>(
+        &'a self,
+        room: &'a str,
+        sender: &'a str,
+        username: &'a str,
+        message: &'a str,
+    ) -> StoreFuture<'a, Appended> {
+        Box::pin(async move {
+            if !self.health.is_up() {
+                return Ok(self.unstored(username, message));
+            }
+            let k = keys(room);
+            let now = now_millis();
+            let body = serde_json::json!({ "username": username, "message": message }).to_string();
+            let result: redis::RedisResult<(String, String)> = self
+                .scripts
+                .append
+                .key(&k.history)
+                .key(&k.meta)
+                .arg(now)
+                .arg(&body)
+                .arg(self.history_len)
+                .arg(messages_channel(room))
+                .arg(sender)
+                .invoke_async(&mut self.conn.clone())
+                .await;
+            let Ok((id, ts)) = self.health.observe("append", result) else {
+                return Ok(self.unstored(username, message));
+            };
+            let parse = |s: &str| s.parse::<u64>().map_err(|_| ChatError::unavailable());
+            let (id, ts) = (parse(&id)?, parse(&ts)?);
+            self.last_local_id.fetch_max(id, Ordering::Relaxed);
+            Ok(Appended {
+                message: StoredMessage {
+                    id,
+                    ts,
+                    username: username.to_owned(),
+                    message: message.to_owned(),
+                },
+                published: true,
+            })
+        })
+    }
+
+    fn page<'a>(
+        &'a self,
+        room: &'a str,
+        last_id: Option<u64>,
+        limit: usize,
+    ) -> StoreFuture<'a, HistoryPage> {
+        Box::pin(async move {
+            let k = keys(room);
+            let result: redis::RedisResult<(Vec<String>, Option<String>)> = redis::pipe()
+                .cmd("LRANGE")
+                .arg(&k.history)
+                .arg(0)
+                .arg(-1)
+                .cmd("HGET")
+                .arg(&k.meta)
+                .arg("floor")
+                .query_async(&mut self.conn.clone())
+                .await;
+            let (items, floor) = self
+                .health
+                .observe("history", result)
+                .map_err(|_| ChatError::unavailable())?;
+            let messages: Vec<StoredMessage> =
+                items.iter().filter_map(|item| parse_item(item)).collect();
+            // No floor: Redis has no history at all (new, or restarted without persistence), so
+            // nothing can be said about what came before.
+            let floor = floor.and_then(|f| f.parse().ok()).unwrap_or(u64::MAX);
+            Ok(select_page(&messages, floor, last_id, limit))
+        })
+    }
+
+    fn publishes(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_items_parse() {
+        let m = parse_item(r#"1795645185072000 1795645185072 {"username":"a b","message":"x y"}"#)
+            .unwrap();
+        assert_eq!((m.id, m.ts), (1_795_645_185_072_000, 1_795_645_185_072));
+        assert_eq!((m.username.as_str(), m.message.as_str()), ("a b", "x y"));
+        assert!(parse_item("garbage").is_none());
+        let p = parse_published(br#"sid123 5 6 {"username":"u","message":"m"}"#).unwrap();
+        assert_eq!(p.sender, "sid123");
+        assert_eq!(p.message.id, 5);
+    }
+}
