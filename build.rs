@@ -22,7 +22,8 @@ const FILES: &[&str] = &[
 ];
 
 fn main() {
-    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("client");
     println!("cargo:rerun-if-env-changed=BANTER_CLIENT_DIST");
     println!("cargo:rerun-if-changed=package-lock.json");
