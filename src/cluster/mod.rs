@@ -89,6 +89,9 @@ pub struct RedisConnection {
 /// Connects to Redis (retrying for a while at start-up), in RESP3 so that pub/sub messages
 /// arrive on the same multiplexed connection as commands.
 pub async fn connect(options: &RedisOptions) -> anyhow::Result<RedisConnection> {
+    // rustls needs one process-wide crypto provider; more than one crate feature could offer
+    // one, so choose it here. An error only means one was installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let info = options
         .url
         .as_str()

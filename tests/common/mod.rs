@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -52,6 +53,19 @@ impl TestServer {
             stop: Some(stop),
             task: Some(task),
         })
+    }
+
+    /// A handle on a server running elsewhere (a child process), for clients to connect to.
+    pub fn external(url: &str) -> Self {
+        Self {
+            addr: url
+                .trim_start_matches("http://")
+                .parse()
+                .expect("banter prints an address"),
+            url: url.to_owned(),
+            stop: None,
+            task: None,
+        }
     }
 
     /// Asks the server to shut down as on SIGTERM and waits for `run` to return.
@@ -173,16 +187,21 @@ impl TestClient {
 
     /// The next `event` received (earlier events of other names stay available).
     pub async fn expect(&mut self, event: &str) -> Result<Value> {
+        self.expect_within(event, WAIT).await
+    }
+
+    /// Like `expect`, with a longer wait for events that come after a deliberate delay.
+    pub async fn expect_within(&mut self, event: &str, wait: Duration) -> Result<Value> {
         if let Some(pos) = self.seen.iter().position(|(name, _)| name == event) {
             return Ok(self.seen.remove(pos).expect("position is valid").1);
         }
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let next = tokio::time::timeout_at(deadline, self.events.recv())
                 .await
                 .map_err(|_| {
                     anyhow!(
-                        "no {event:?} within {WAIT:?}; other events: {:?}",
+                        "no {event:?} within {wait:?}; other events: {:?}",
                         self.seen
                     )
                 })?
@@ -280,5 +299,285 @@ impl RawPolling {
     pub async fn emit(&self, event: &str, arg: Value) -> Result<reqwest::StatusCode> {
         self.post(&format!("42{}", serde_json::json!([event, arg])))
             .await
+    }
+}
+
+/// Whether a suite may skip for lack of software: not when `BANTER_REQUIRE_ALL=1` (set by CI).
+pub fn skip_or_fail(what: &str) {
+    let message = format!("!! SKIPPED: {what}");
+    if std::env::var("BANTER_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("{message} (BANTER_REQUIRE_ALL=1 makes this a failure)");
+    }
+    eprintln!("{message}");
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; taken by whoever binds it next).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A `redis-server` of the test's own, on a free port, never the machine's 6379. Killed on drop.
+pub struct TestRedis {
+    pub port: u16,
+    args: Vec<String>,
+    child: Option<tokio::process::Child>,
+    /// Whether the server speaks TLS (then `url` is rediss://).
+    tls: bool,
+    password: Option<String>,
+}
+
+impl TestRedis {
+    /// Starts a plain Redis, or returns `None` (after `skip_or_fail`) when redis-server is absent.
+    pub async fn start() -> Result<Option<Self>> {
+        Self::start_with(Vec::new(), false, None).await
+    }
+
+    /// Starts a Redis that takes only TLS with the given certificate files, and a password.
+    pub async fn start_tls(certs: &TestCerts, password: &str) -> Result<Option<Self>> {
+        let args = vec![
+            "--tls-cert-file".into(),
+            certs.server_cert.display().to_string(),
+            "--tls-key-file".into(),
+            certs.server_key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            certs.ca_cert.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--requirepass".into(),
+            password.into(),
+        ];
+        Self::start_with(args, true, Some(password.to_owned())).await
+    }
+
+    async fn start_with(
+        args: Vec<String>,
+        tls: bool,
+        password: Option<String>,
+    ) -> Result<Option<Self>> {
+        if which("redis-server").is_none() {
+            skip_or_fail(
+                "redis-server is not installed (apt-get install redis-server); Redis tests did not run",
+            );
+            return Ok(None);
+        }
+        let mut redis = Self {
+            port: free_port()?,
+            args,
+            child: None,
+            tls,
+            password,
+        };
+        redis.spawn().await?;
+        Ok(Some(redis))
+    }
+
+    pub fn url(&self) -> String {
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://{auth}127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let port = self.port.to_string();
+        let (plain_port, tls_port) = if self.tls {
+            ("0", port.as_str())
+        } else {
+            (port.as_str(), "0")
+        };
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                plain_port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--tls-port", tls_port])
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start redis-server")?;
+        self.child = Some(child);
+        // Ready when it accepts connections.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            if tokio::time::Instant::now() > deadline {
+                bail!("redis-server did not start on port {}", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the server (as a crash would: nothing saved).
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same port, empty.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.spawn().await
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl command in a temp folder.
+pub struct TestCerts {
+    pub dir: PathBuf,
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestCerts {
+    pub fn generate() -> Result<Option<Self>> {
+        if which("openssl").is_none() {
+            skip_or_fail("openssl is not installed; TLS tests did not run");
+            return Ok(None);
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "banter-certs-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let run = |args: &[&str]| -> Result<()> {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()?;
+            if !out.status.success() {
+                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Banter test CA",
+        ])?;
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ])?;
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ])?;
+        Ok(Some(Self {
+            ca_cert: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            dir,
+        }))
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+/// The real `banter` binary in a child process: for what an in-process server cannot show
+/// (kill -9, SIGTERM). Killed on drop.
+pub struct BanterProcess {
+    pub url: String,
+    child: tokio::process::Child,
+}
+
+impl BanterProcess {
+    pub async fn start(args: &[&str]) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter"))
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env_remove("REDIS_URL")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start banter")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    return Ok(url.trim().to_owned());
+                }
+            }
+            bail!("banter exited before listening")
+        })
+        .await
+        .context("banter did not start")??;
+        Ok(Self { url, child })
+    }
+
+    pub fn server(&self) -> TestServer {
+        TestServer::external(&self.url)
+    }
+
+    /// SIGKILL: the instance vanishes without a word.
+    pub async fn kill9(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
     }
 }
