@@ -34,6 +34,12 @@ pub struct Config {
     )]
     pub transports: Vec<Transport>,
 
+    /// Page origins (scheme://host[:port]) besides the server's own that may open Socket.IO
+    /// connections, comma separated; "*" allows any. By default only pages served by this
+    /// server (same origin) may, which stops other sites from chatting as their visitors.
+    #[arg(long, env = "BANTER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Engine.IO heartbeat: how often the server pings each client, in milliseconds.
     #[arg(long, env = "BANTER_PING_INTERVAL_MS", default_value_t = 25_000)]
     pub ping_interval_ms: u64,

@@ -6,6 +6,7 @@
 pub mod chat;
 pub mod cluster;
 pub mod config;
+pub mod guard;
 pub mod protocol;
 pub mod server;
 pub mod shutdown;

@@ -21,6 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::chat::{History, LOBBY, MemoryHistory, MemoryPresence, Presence};
 use crate::cluster::{self, RedisStore, ResilientDriver};
 use crate::config::{Config, Transport};
+use crate::guard;
 use crate::socket::{self, ChatContext, ChatSettings};
 use crate::web::{self, Readiness};
 
@@ -181,7 +182,16 @@ where
     if !transports(config).1 {
         router = router.layer(axum::middleware::from_fn(web::no_upgrade_offer));
     }
-    router.layer(TraceLayer::new_for_http())
+    let allowed = guard::AllowedOrigins {
+        list: Arc::new(config.allowed_origins.clone()),
+    };
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            allowed,
+            guard::check_origin,
+        ))
+        .layer(axum::middleware::from_fn(guard::security_headers))
+        .layer(TraceLayer::new_for_http())
 }
 
 async fn serve<A: Adapter>(

@@ -17,6 +17,7 @@ use crate::cluster::RedisHealth;
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
+const FAVICON_SVG: &str = include_str!("../web/favicon.svg");
 
 /// The official socket.io-client bundle (see `build.rs`), served where Node's server serves it.
 macro_rules! client_file {
@@ -77,6 +78,9 @@ pub fn routes(readiness: Readiness) -> Router {
             "/style.css",
             get(|| page(STYLE_CSS, "text/css; charset=utf-8")),
         )
+        .route("/favicon.svg", get(|| page(FAVICON_SVG, "image/svg+xml")))
+        // Browsers ask for it whatever the page links; an SVG body is fine for them.
+        .route("/favicon.ico", get(|| page(FAVICON_SVG, "image/svg+xml")))
         .route("/healthz", get(healthz))
         .route("/readyz", get(move || readyz(readiness.clone())));
     for &(path, body) in CLIENT_FILES {

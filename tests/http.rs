@@ -91,3 +91,53 @@ async fn shutdown_closes_sockets_and_returns() -> Result<()> {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     Ok(())
 }
+
+#[tokio::test]
+async fn the_page_carries_security_headers() -> Result<()> {
+    let server = TestServer::start().await?;
+    let res = reqwest::get(&server.url).await?;
+    let h = res.headers();
+    let csp = h["content-security-policy"].to_str()?;
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    Ok(())
+}
+
+#[tokio::test]
+async fn foreign_origins_cannot_open_socket_io_connections() -> Result<()> {
+    let server = TestServer::with_args(&["--allowed-origins", "https://app.example"]).await?;
+    let http = reqwest::Client::new();
+    let handshake = format!("{}/socket.io/?EIO=4&transport=polling", server.url);
+    let status = |origin: Option<String>| {
+        let mut req = http.get(&handshake);
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        async move { Ok::<_, anyhow::Error>(req.send().await?.status()) }
+    };
+    // Not from a browser page, the server's own page, and a listed origin: allowed.
+    assert_eq!(status(None).await?, 200);
+    assert_eq!(status(Some(server.url.clone())).await?, 200);
+    assert_eq!(status(Some("https://app.example".into())).await?, 200);
+    // Another site's page: refused, over polling and over WebSocket.
+    assert_eq!(status(Some("https://evil.example".into())).await?, 403);
+    let ws = http
+        .get(format!(
+            "{}/socket.io/?EIO=4&transport=websocket",
+            server.url
+        ))
+        .header("origin", "https://evil.example")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await?;
+    assert_eq!(ws.status(), 403);
+    Ok(())
+}
