@@ -35,6 +35,7 @@ const state = {
   users: [],
   shownIds: new Set(), // ids (as strings) of rendered messages, so nothing shows twice
   unconfirmed: [],     // own messages that have no server id yet
+  early: [],           // `new message` events that came before this connection's login
   typers: new Map(),   // username -> expiry timer
   unread: 0,
 };
@@ -59,9 +60,15 @@ function colorIndex(name) {
   return String((hash >>> 0) % PALETTE_SIZE);
 }
 
-const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+// The reader's own clock style, as their locale writes a short time: "07:05" in German or
+// British English, "7:05" in Japanese, "7:05 AM" in US English. (`hour: "numeric"` alone would
+// give "7:05" everywhere.)
+const hourStyle = new Intl.DateTimeFormat(undefined, { timeStyle: "short" })
+  .formatToParts(new Date(2000, 0, 1, 7, 5))
+  .find((part) => part.type === "hour")?.value.length === 2 ? "2-digit" : "numeric";
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: hourStyle, minute: "2-digit" });
 const dayTimeFormat = new Intl.DateTimeFormat(undefined,
-  { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
+  { month: "short", day: "numeric", hour: hourStyle, minute: "2-digit" });
 const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
 
 function setTime(timeEl, ts) {
@@ -154,6 +161,22 @@ function appendLinkified(parent, text) {
   parent.append(text.slice(last));
 }
 
+// A mention is the nickname as a whole word ("hi Lea!", "@lea"), not inside another word
+// ("release", "please"). The pattern is rebuilt only when the nickname changes.
+let mentionPattern = { name: null, regex: null };
+function mentionsMe(text) {
+  if (!state.username) return false;
+  if (mentionPattern.name !== state.username) {
+    const escaped = state.username.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    mentionPattern = {
+      name: state.username,
+      // No lookbehind: Safari before 16.4 cannot compile it.
+      regex: new RegExp(`(?:^|[^\\p{L}\\p{N}_])${escaped}(?![\\p{L}\\p{N}_])`, "iu"),
+    };
+  }
+  return mentionPattern.regex.test(text);
+}
+
 function messageElement({ username, message, id, ts }) {
   const entry = el("div", "message");
   if (id != null) entry.dataset.id = String(id);
@@ -167,9 +190,7 @@ function messageElement({ username, message, id, ts }) {
   appendLinkified(body, message);
   entry.append(meta, body);
   if (sameName(username, state.username)) entry.classList.add("own");
-  else if (state.username && message.toLowerCase().includes(state.username.toLowerCase())) {
-    entry.classList.add("mention");
-  }
+  else if (mentionsMe(message)) entry.classList.add("mention");
   return entry;
 }
 
@@ -208,7 +229,9 @@ function setDelivery(record, status, detail) {
   entry.classList.toggle("pending", status === "pending");
   entry.classList.toggle("failed", status === "failed");
   entry.querySelector(".delivery")?.remove();
-  if (status === "pending") entry.append(el("p", "delivery", "Sending…"));
+  // Pending is shown on the author line, so the message keeps its height when the ack comes
+  // (a line of its own would appear and vanish for every message, making the log jump).
+  if (status === "pending") entry.querySelector(".meta").append(el("span", "delivery", "Sending…"));
   if (status === "failed") {
     const line = el("p", "delivery", `Not sent: ${detail}. `);
     const retry = el("button", "retry", "Retry");
@@ -425,7 +448,11 @@ function connect() {
   socket.on("login", applyLogin);
   socket.on("new message", (msg) => {
     typerStopped(msg?.username);
-    receiveMessage(msg);
+    // The server subscribes a joining socket before it reads the history, so a message can
+    // arrive just before the login whose history also holds it, and older missed ones. Held
+    // until the history is shown, it lands after them, in order (and its copy is dropped by id).
+    if (!state.joined) state.early.push(msg);
+    else receiveMessage(msg);
   });
   socket.on("user joined", (data) => {
     if (typeof data?.username !== "string") return;
@@ -494,6 +521,9 @@ function applyLogin(data) {
   renderHistory(data.history, { divider: first });
   if (data.renamedFrom) notice(`You are now known as ${data.username}`);
   else if (first) notice(`You joined as ${data.username}`);
+  const early = state.early;
+  state.early = [];
+  for (const msg of early) receiveMessage(msg);
   if (first) scrollToBottom();
 }
 
@@ -508,6 +538,7 @@ function showChat() {
 // ---------- socket events ----------
 
 function onConnect() {
+  state.early = [];
   if (state.joinedOnce) setStatus("connected", "Reconnected", { autoHide: true });
   else setStatus("connected", "");
   join();
@@ -593,7 +624,15 @@ function countUnread() {
 function wireUp() {
   els.loginForm.addEventListener("submit", onLoginSubmit);
   els.nickname.addEventListener("input", () => { if (!state.socket) showLoginError(""); });
-  els.composerForm.addEventListener("submit", (event) => { event.preventDefault(); sendMessage(); });
+  els.composerForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendMessage();
+    // Ready for the next message, also after Send was clicked or activated from the keyboard.
+    els.composer.focus();
+  });
+  // Pressing Send must not take the focus from the composer: on a phone that would close the
+  // on-screen keyboard after every message.
+  els.send.addEventListener("mousedown", (event) => event.preventDefault());
   els.composer.addEventListener("input", onComposerInput);
   // Keep the latest message in view when the log shrinks (phone keyboard opening).
   let wasAtBottom = true;
@@ -603,6 +642,12 @@ function wireUp() {
   }, { passive: true });
   new ResizeObserver(() => { if (wasAtBottom) scrollToBottom(); }).observe(els.messages);
   els.newMessages.addEventListener("click", () => { scrollToBottom(); els.composer.focus(); });
+  // The button floats over the log: wheel scrolling over it scrolls the log, instead of stopping
+  // dead when the button appears under a resting pointer.
+  els.newMessages.addEventListener("wheel", (event) => {
+    const unit = [1, 16, els.messages.clientHeight][event.deltaMode] ?? 1; // pixels, lines, pages
+    els.messages.scrollBy({ top: event.deltaY * unit, left: event.deltaX * unit });
+  }, { passive: true });
   els.usersToggle.addEventListener("click", () => {
     setSidebar(els.usersToggle.getAttribute("aria-expanded") !== "true");
   });
