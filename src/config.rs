@@ -100,6 +100,11 @@ pub struct Config {
     #[arg(long, env = "BANTER_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
 
+    /// The Redis URL names a Redis Cluster: list seed nodes comma separated
+    /// (redis://h1:7000,redis://h2:7000). Pub/sub is then sharded (Redis 7+).
+    #[arg(long, env = "BANTER_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
     /// With Redis: an instance that stops heart-beating for this long is taken for dead, in
     /// milliseconds. Its people are then treated as dropped: they keep their place for the
     /// reconnect grace period (so at most this plus the grace period, 15 s by default, until the
@@ -166,8 +171,10 @@ impl Config {
                 "--instance-timeout-ms must be at least 1000 (instances heart-beat every 500 ms)"
             );
         }
-        if let Some(url) = self.redis_url()
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        if let Some(urls) = self.redis_url()
+            && urls
+                .split(',')
+                .any(|u| !(u.trim().starts_with("redis://") || u.trim().starts_with("rediss://")))
         {
             bail!("the Redis URL must start with redis:// or rediss://");
         }

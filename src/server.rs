@@ -61,6 +61,7 @@ pub async fn run(
             let options = cluster::RedisOptions {
                 url,
                 ca_file: config.redis_ca_file.clone(),
+                cluster: config.redis_cluster,
             };
             let redis = cluster::connect(&options).await?;
             let instance = cluster::new_instance_id();

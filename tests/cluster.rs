@@ -306,3 +306,39 @@ async fn rediss_with_a_password_and_a_private_ca() -> Result<()> {
     assert_eq!(a.expect("new message").await?["message"], "over TLS");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_redis_cluster_with_sharded_pub_sub_is_one_chat() -> Result<()> {
+    let Some(redis) = common::TestRedisCluster::start().await? else {
+        return Ok(());
+    };
+    let urls = redis.urls();
+    let nodes = instances(2, &urls, &["--redis-cluster"]).await?;
+    let (a, b) = (nodes[0].server(), nodes[1].server());
+    let mut alice = TestClient::connect(&a, TransportType::Websocket).await?;
+    let mut bob = TestClient::connect(&b, TransportType::Polling).await?;
+    alice.join("alice").await?;
+    let login = bob.join("bob").await?;
+    assert_eq!(login["numUsers"], 2);
+    assert_eq!(login["users"], json!(["alice", "bob"]));
+    assert_eq!(
+        alice.expect("user joined").await?,
+        json!({"username": "bob", "numUsers": 2})
+    );
+    bob.emit("new message", json!("sharded")).await?;
+    let m = alice.expect("new message").await?;
+    assert_eq!(m["message"], "sharded");
+    alice.emit("typing", Value::Null).await?;
+    assert_eq!(bob.expect("typing").await?, json!({"username": "alice"}));
+
+    let last_id = m["id"].clone();
+    bob.disconnect().await?;
+    assert_eq!(alice.expect("user left").await?["numUsers"], 1);
+    let missed = alice.call("new message", json!("while away")).await?["id"].clone();
+    let back = TestClient::connect(&a, TransportType::Websocket).await?;
+    let login = back
+        .call("add user", json!({"username": "bob", "lastId": last_id}))
+        .await?;
+    assert_eq!(ids(&login["history"]), vec![missed]);
+    Ok(())
+}

@@ -10,12 +10,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, FromRedisValue, PushInfo, PushKind};
+use redis::{FromRedisValue, PushInfo, PushKind};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 
 use super::RedisHealth;
+use super::conn::RedisConn;
 
 /// Subscribed channels and where their messages go.
 pub type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
@@ -24,10 +24,10 @@ pub type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 pub fn push_sender(
     handlers: Handlers,
     health: Arc<RedisHealth>,
-) -> impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
+) -> impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Clone + Send + Sync + 'static {
     move |push: PushInfo| {
         match push.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 let mut data = push.data.into_iter();
                 let (Some(chan), Some(payload)) = (data.next(), data.next()) else {
                     return Ok(());
@@ -66,13 +66,13 @@ pub fn push_sender(
 /// The adapter's pub/sub transport. Clones share the connection and the handlers.
 #[derive(Clone)]
 pub struct ResilientDriver {
-    conn: ConnectionManager,
+    conn: RedisConn,
     handlers: Handlers,
     health: Arc<RedisHealth>,
 }
 
 impl ResilientDriver {
-    pub fn new(conn: ConnectionManager, handlers: Handlers, health: Arc<RedisHealth>) -> Self {
+    pub fn new(conn: RedisConn, handlers: Handlers, health: Arc<RedisHealth>) -> Self {
         Self {
             conn,
             handlers,
@@ -95,10 +95,11 @@ impl Driver for ResilientDriver {
         if !self.health.is_up() {
             return Ok(());
         }
-        let result = self
-            .conn
-            .clone()
-            .publish::<_, _, redis::Value>(chan, val)
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<redis::Value> = redis::cmd(conn.publish_command())
+            .arg(chan)
+            .arg(val)
+            .query_async(&mut conn)
             .await;
         // Not an error for the adapter: see the module comment.
         let _ = self.health.observe("publish", result);
@@ -115,7 +116,7 @@ impl Driver for ResilientDriver {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(chan.clone(), tx);
-        let result = self.conn.clone().subscribe(chan.as_str()).await;
+        let result = self.conn.clone().subscribe(&chan).await;
         self.health.observe("subscribe", result)?;
         Ok(MessageStream::new(rx))
     }
@@ -125,7 +126,7 @@ impl Driver for ResilientDriver {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&chan);
-        let result = self.conn.clone().unsubscribe(chan).await;
+        let result = self.conn.clone().unsubscribe(&chan).await;
         self.health.observe("unsubscribe", result)?;
         Ok(())
     }
@@ -133,7 +134,7 @@ impl Driver for ResilientDriver {
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
         let mut conn = self.conn.clone();
         let result: redis::RedisResult<(String, u16)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
+            .arg(conn.numsub_command())
             .arg(chan)
             .query_async(&mut conn)
             .await;

@@ -8,6 +8,7 @@
 //! re-subscribes every channel by itself; a failed publish is logged and local delivery goes on,
 //! so people on the same instance keep chatting while Redis is away.
 
+mod conn;
 mod driver;
 mod store;
 
@@ -20,6 +21,7 @@ use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion};
 
+pub use conn::RedisConn;
 pub use driver::ResilientDriver;
 pub use store::{Published, RedisStore, messages_channel, parse_published};
 
@@ -39,6 +41,8 @@ pub struct RedisOptions {
     pub url: String,
     /// A PEM file of CA certificates to trust for TLS instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// A Redis Cluster: `url` lists seed nodes, comma separated; pub/sub is sharded.
+    pub cluster: bool,
 }
 
 /// Whether Redis answers, as seen by this instance. Transitions are logged once each, at WARN
@@ -81,7 +85,7 @@ impl RedisHealth {
 
 /// An open connection to Redis with the adapter driver that shares it.
 pub struct RedisConnection {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub driver: ResilientDriver,
     pub health: Arc<RedisHealth>,
 }
@@ -92,9 +96,53 @@ pub async fn connect(options: &RedisOptions) -> anyhow::Result<RedisConnection> 
     // rustls needs one process-wide crypto provider; more than one crate feature could offer
     // one, so choose it here. An error only means one was installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let info = options
-        .url
-        .as_str()
+    let root_cert = match &options.ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the Redis CA file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let health = Arc::new(RedisHealth::default());
+    let handlers = driver::Handlers::default();
+    let push = driver::push_sender(handlers.clone(), health.clone());
+
+    let mut attempt = 0;
+    let conn = loop {
+        attempt += 1;
+        let result = if options.cluster {
+            connect_cluster(&options.url, root_cert.clone(), push.clone()).await
+        } else {
+            connect_single(&options.url, root_cert.clone(), push.clone()).await
+        };
+        match result {
+            Ok(conn) => break conn,
+            Err(err) if attempt < STARTUP_ATTEMPTS => {
+                tracing::warn!(
+                    err = format!("{err:#}"),
+                    attempt,
+                    "cannot reach Redis yet; retrying"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err.context("cannot reach Redis")),
+        }
+    };
+    tracing::info!(cluster = options.cluster, "connected to Redis");
+    Ok(RedisConnection {
+        driver: ResilientDriver::new(conn.clone(), handlers, health.clone()),
+        conn,
+        health,
+    })
+}
+
+/// One Redis server, in RESP3 so that pub/sub messages arrive on the multiplexed connection.
+async fn connect_single(
+    url: &str,
+    root_cert: Option<Vec<u8>>,
+    push: impl redis::aio::AsyncPushSender + Clone,
+) -> anyhow::Result<RedisConn> {
+    let info = url
         .into_connection_info()
         .context("the Redis URL is not valid")?;
     let settings = info
@@ -102,49 +150,54 @@ pub async fn connect(options: &RedisOptions) -> anyhow::Result<RedisConnection> 
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
     let info = info.set_redis_settings(settings);
-    let client = match &options.ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read the Redis CA file {}", path.display()))?;
-            redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            )
-            .context("cannot set up TLS for Redis")?
-        }
+    let client = match root_cert {
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        )
+        .context("cannot set up TLS for Redis")?,
         None => redis::Client::open(info).context("cannot set up the Redis client")?,
     };
-
-    let health = Arc::new(RedisHealth::default());
-    let handlers = driver::Handlers::default();
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_max_delay(MAX_RECONNECT_DELAY)
-        .set_push_sender(driver::push_sender(handlers.clone(), health.clone()))
+        .set_push_sender(push)
         .set_automatic_resubscription();
+    Ok(RedisConn::Single(
+        ConnectionManager::new_with_config(client, config).await?,
+    ))
+}
 
-    let mut attempt = 0;
-    let conn = loop {
-        attempt += 1;
-        match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-            Ok(conn) => break conn,
-            Err(err) if attempt < STARTUP_ATTEMPTS => {
-                tracing::warn!(%err, attempt, "cannot reach Redis yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(err) => return Err(err).context("cannot reach Redis"),
-        }
-    };
-    tracing::info!("connected to Redis");
-    Ok(RedisConnection {
-        driver: ResilientDriver::new(conn.clone(), handlers, health.clone()),
-        conn,
-        health,
-    })
+/// A Redis Cluster from its seed nodes (comma separated URLs).
+async fn connect_cluster(
+    urls: &str,
+    root_cert: Option<Vec<u8>>,
+    push: impl redis::aio::AsyncPushSender + Clone,
+) -> anyhow::Result<RedisConn> {
+    let nodes: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+        .use_protocol(ProtocolVersion::RESP3)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .push_sender(push);
+    if let Some(pem) = root_cert {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        });
+    }
+    let client = builder
+        .build()
+        .context("the Redis Cluster URLs are not valid")?;
+    Ok(RedisConn::Cluster(client.get_async_connection().await?))
 }
 
 /// A random id for this instance, to tell in Redis which instance holds which connection.

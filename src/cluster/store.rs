@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
 use super::RedisHealth;
+use super::conn::RedisConn;
 use crate::chat::{
     Appended, ChatError, History, HistoryPage, JoinRequest, Joined, Left, MAX_VARIANTS, Presence,
     StoreFuture, StoredMessage, name_key, new_session_token, next_id, now_millis, select_page,
@@ -33,7 +33,7 @@ struct Scripts {
 
 /// The Redis-backed `Presence` and `History`, plus this instance's heartbeat.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     health: Arc<RedisHealth>,
     instance: String,
     grace_ms: u64,
@@ -126,7 +126,7 @@ pub fn parse_published(payload: &[u8]) -> Option<Published> {
 
 impl RedisStore {
     pub fn new(
-        conn: ConnectionManager,
+        conn: RedisConn,
         health: Arc<RedisHealth>,
         instance: String,
         grace_ms: u64,
@@ -416,6 +416,7 @@ impl History for RedisStore {
                 .arg(self.history_len)
                 .arg(messages_channel(room))
                 .arg(sender)
+                .arg(self.conn.publish_command())
                 .invoke_async(&mut self.conn.clone())
                 .await;
             let Ok((id, ts)) = self.health.observe("append", result) else {

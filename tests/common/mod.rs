@@ -581,3 +581,141 @@ impl BanterProcess {
         Ok(())
     }
 }
+
+/// A Redis Cluster of three masters, each a `redis-server` of the test's own. Killed on drop.
+pub struct TestRedisCluster {
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    _children: Vec<tokio::process::Child>,
+}
+
+impl TestRedisCluster {
+    pub async fn start() -> Result<Option<Self>> {
+        if which("redis-server").is_none() || which("redis-cli").is_none() {
+            skip_or_fail(
+                "redis-server or redis-cli is not installed; Redis Cluster tests did not run",
+            );
+            return Ok(None);
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "banter-cluster-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut ports = Vec::new();
+        let mut children = Vec::new();
+        for _ in 0..3 {
+            let port = cluster_port(&ports)?;
+            let child = tokio::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .current_dir(&dir)
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("start redis-server")?;
+            children.push(child);
+            ports.push(port);
+        }
+        for port in &ports {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                .await
+                .is_err()
+            {
+                if tokio::time::Instant::now() > deadline {
+                    bail!("redis-server did not start on port {port}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        // Ready when every node agrees the cluster is up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for port in &ports {
+            loop {
+                let info = tokio::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .await?;
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("the Redis Cluster did not come up");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(Some(Self {
+            ports,
+            dir,
+            _children: children,
+        }))
+    }
+
+    /// Seed node URLs, comma separated, as `--redis-url` takes them with `--redis-cluster`.
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for TestRedisCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port whose cluster bus port (port + 10000) is free too.
+fn cluster_port(taken: &[u16]) -> Result<u16> {
+    for _ in 0..200 {
+        let port = 20_000 + (rand_u16() % 20_000);
+        if taken.contains(&port) {
+            continue;
+        }
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return Ok(port);
+        }
+    }
+    bail!("no free port pair for a Redis Cluster node")
+}
+
+fn rand_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish() as u16
+}

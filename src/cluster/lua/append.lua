@@ -2,7 +2,9 @@
 -- messages in id order (Redis runs scripts one at a time and delivers PUBLISH in that order).
 -- KEYS: 1 history (list of "<id> <ts> <json>"), 2 meta (hash: last, floor)
 -- ARGV: 1 now (ms), 2 message JSON {username, message}, 3 history length, 4 channel,
---       5 sender connection (so that its instance does not echo the message to the sender)
+--       5 sender connection (so that its instance does not echo the message to the sender),
+--       6 the publish command: PUBLISH, or SPUBLISH in a Redis Cluster (the channel shares the
+--       room's hash tag, so it lives on this shard)
 -- Returns {id, ts} as strings: ids exceed what Lua prints exactly with tostring().
 local now = tonumber(ARGV[1])
 local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
@@ -19,5 +21,5 @@ if excess > 0 then
   local newest = dropped[#dropped]
   redis.call('HSET', KEYS[2], 'floor', string.match(newest, '^(%d+)'))
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. ' ' .. item)
+redis.call(ARGV[6], ARGV[4], ARGV[5] .. ' ' .. item)
 return {id_s, ts_s}
