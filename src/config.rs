@@ -23,6 +23,15 @@ pub struct Config {
     #[arg(long, short, env = "PORT", default_value_t = 3000)]
     pub port: u16,
 
+    /// PEM certificate chain for built-in HTTPS/WSS. With --tls-key, Banter serves TLS itself;
+    /// without them it serves plain HTTP (as behind a TLS-terminating proxy).
+    #[arg(long, env = "BANTER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "BANTER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Which Socket.IO transports clients may use, comma separated. "websocket" alone is the
     /// troubleshooting mode that needs no sticky sessions; "polling" alone suits proxies that
     /// block WebSocket.

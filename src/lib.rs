@@ -12,6 +12,7 @@ pub mod server;
 pub mod shutdown;
 pub mod socket;
 pub mod telemetry;
+pub mod tls;
 pub mod web;
 
 pub use config::Config;

@@ -17,7 +17,12 @@ async fn main() -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the bound address")?;
     // Tools and tests read this line to find the port when PORT=0.
-    println!("banter listening on http://{addr}");
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("banter listening on {scheme}://{addr}");
     tracing::info!(%addr, "listening");
 
     banter::server::run(listener, config, banter::shutdown::signal()).await

@@ -205,17 +205,28 @@ async fn serve<A: Adapter>(
     store: Option<Arc<RedisStore>>,
 ) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm held
-    // back-to-back frames to one client about 40 ms apart.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "could not set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let stopped = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
-    });
-    let mut serving = tokio::spawn(serve.into_future());
+    };
+    let mut serving = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = crate::tls::server_config(cert, key)?;
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            let serve = axum::serve(listener, router).with_graceful_shutdown(stopped);
+            tokio::spawn(serve.into_future())
+        }
+        _ => {
+            // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm
+            // held back-to-back frames to one client about 40 ms apart.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::debug!(%err, "could not set TCP_NODELAY");
+                }
+            });
+            let serve = axum::serve(listener, router).with_graceful_shutdown(stopped);
+            tokio::spawn(serve.into_future())
+        }
+    };
 
     tokio::select! {
         result = &mut serving => {

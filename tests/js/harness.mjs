@@ -196,7 +196,7 @@ export async function startServer(env = {}, { perTest = false } = {}) {
       else stdout = (stdout + chunk).slice(-OUTPUT_KEEP_CHARS);
       if (done) return;
       scan = (scan + chunk).slice(-OUTPUT_KEEP_CHARS);
-      const m = /listening on (http:\/\/\S+)/.exec(stripAnsi(scan));
+      const m = /listening on (https?:\/\/\S+)/.exec(stripAnsi(scan));
       if (m) finish(null, m[1].replace(/\/+$/, ''));
     });
     proc.stderr.on('data', (chunk) => {
