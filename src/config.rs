@@ -104,8 +104,9 @@ pub struct Config {
     #[arg(long, env = "BANTER_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    /// A PEM file of CA certificates to trust for rediss:// instead of the system's roots (for a
-    /// Redis with a private or self-signed certificate).
+    /// A PEM file of CA certificates to trust for rediss:// (for a Redis with a private or
+    /// self-signed certificate). Without it, the public web PKI roots built into Banter (Mozilla's
+    /// list, as in browsers) are trusted; the operating system's store is not read.
     #[arg(long, env = "BANTER_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
 

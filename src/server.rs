@@ -192,7 +192,13 @@ where
             guard::check_origin,
         ))
         .layer(axum::middleware::from_fn(guard::security_headers))
-        .layer(TraceLayer::new_for_http())
+        // A 503 from /readyz during a Redis outage is an answer, not a fault of the server: one
+        // ERROR line per load-balancer probe would bury the WARN that says what happened.
+        .layer(
+            TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
 }
 
 async fn serve<A: Adapter>(
@@ -237,14 +243,14 @@ async fn serve<A: Adapter>(
     }
     tracing::info!("shutting down: no new connections; closing sockets");
     let _ = stop_tx.send(true);
-    // Other instances take this one's people as dropped at once: they can reconnect there and
-    // keep their place, instead of waiting for the heartbeat to lapse.
-    if let Some(store) = &store
-        && let Err(err) = store.retire(LOBBY).await
-    {
-        tracing::warn!(%err, "could not tell Redis that this instance is leaving");
-    }
     let drain = async {
+        // Other instances take this one's people as dropped at once: they can reconnect there
+        // and keep their place, instead of waiting for the heartbeat to lapse.
+        if let Some(store) = &store
+            && let Err(err) = store.retire(LOBBY).await
+        {
+            tracing::warn!(%err, "could not tell Redis that this instance is leaving");
+        }
         io.close().await;
         serving.await
     };

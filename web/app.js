@@ -437,6 +437,9 @@ function connect() {
   const options = {
     // A function, so each reconnect presents the newest session token.
     auth: (cb) => cb(state.session ? { session: state.session } : {}),
+    // A server may allow WebSocket only (or polling only): try the next transport when the
+    // first is refused instead of failing.
+    tryAllTransports: true,
   };
   const transports = transportsFromUrl();
   if (transports) options.transports = transports; // an undefined value would break the default

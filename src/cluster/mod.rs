@@ -39,7 +39,7 @@ const STARTUP_ATTEMPTS: u32 = 15;
 pub struct RedisOptions {
     /// `redis://` or `rediss://` (TLS), with user and password if needed.
     pub url: String,
-    /// A PEM file of CA certificates to trust for TLS instead of the system's roots.
+    /// A PEM file of CA certificates to trust for TLS instead of the built-in web PKI roots.
     pub ca_file: Option<PathBuf>,
     /// A Redis Cluster: `url` lists seed nodes, comma separated; pub/sub is sharded.
     pub cluster: bool,

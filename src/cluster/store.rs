@@ -236,6 +236,9 @@ impl RedisStore {
     /// Marks this instance as gone now, so that the others treat its people as dropped (they
     /// reconnect elsewhere within the grace period) without waiting for the heartbeat to lapse.
     pub async fn retire(&self, room: &str) -> Result<(), ChatError> {
+        if !self.health.is_up() {
+            return Err(ChatError::unavailable());
+        }
         let result: redis::RedisResult<i64> = redis::cmd("ZADD")
             .arg(keys(room).instances)
             .arg(now_millis())
@@ -368,6 +371,9 @@ impl Presence for RedisStore {
 
     fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)> {
         Box::pin(async move {
+            if !self.health.is_up() {
+                return Err(ChatError::unavailable());
+            }
             let result: redis::RedisResult<Vec<String>> = redis::cmd("HVALS")
                 .arg(keys(room).people)
                 .query_async(&mut self.conn.clone())
@@ -444,6 +450,9 @@ impl History for RedisStore {
         limit: usize,
     ) -> StoreFuture<'a, HistoryPage> {
         Box::pin(async move {
+            if !self.health.is_up() {
+                return Err(ChatError::unavailable());
+            }
             let k = keys(room);
             let result: redis::RedisResult<(Vec<String>, Option<String>)> = redis::pipe()
                 .cmd("LRANGE")

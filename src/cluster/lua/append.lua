@@ -15,11 +15,16 @@ redis.call('HSET', KEYS[2], 'last', id_s)
 redis.call('HSETNX', KEYS[2], 'floor', string.format('%.0f', now * 1000 - 1))
 local item = id_s .. ' ' .. ts_s .. ' ' .. ARGV[2]
 redis.call('RPUSH', KEYS[1], item)
+-- Trim to the history length; the newest dropped id becomes the floor. (LPOP one at a time:
+-- LPOP with a count needs Redis 6.2.)
 local excess = redis.call('LLEN', KEYS[1]) - tonumber(ARGV[3])
-if excess > 0 then
-  local dropped = redis.call('LPOP', KEYS[1], excess)
-  local newest = dropped[#dropped]
-  redis.call('HSET', KEYS[2], 'floor', string.match(newest, '^(%d+)'))
+local dropped = nil
+while excess > 0 do
+  dropped = redis.call('LPOP', KEYS[1])
+  excess = excess - 1
+end
+if dropped then
+  redis.call('HSET', KEYS[2], 'floor', string.match(dropped, '^(%d+)'))
 end
 redis.call(ARGV[6], ARGV[4], ARGV[5] .. ' ' .. item)
 return {id_s, ts_s}
