@@ -122,6 +122,11 @@ pub struct Config {
     #[arg(long, env = "BANTER_INSTANCE_TIMEOUT_MS", default_value_t = 5_000)]
     pub instance_timeout_ms: u64,
 
+    /// Serve Prometheus /metrics on this address (e.g. 127.0.0.1:9090) instead of on the chat's
+    /// port, to keep it off the public listener.
+    #[arg(long, env = "BANTER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Log format: "text" for people, "json" for log collectors. The level is set with RUST_LOG
     /// (default: info).
     #[arg(long, env = "BANTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod guard;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shutdown;

@@ -53,7 +53,12 @@ pub async fn run(
                 "/",
                 socket::on_connect::<LocalAdapter>.with(socket::on_connecting::<LocalAdapter>),
             );
-            let router = router(&config, svc, Readiness::default());
+            let readiness = Readiness {
+                redis: None,
+                metrics_elsewhere: config.metrics_addr.is_some(),
+            };
+            serve_metrics(&config, &readiness).await?;
+            let router = router(&config, svc, readiness);
             let background = tokio::spawn(reap_forever(ctx, io.clone(), reap_interval(&config)));
             serve(listener, &config, router, io, shutdown, background, None).await
         }
@@ -99,7 +104,9 @@ pub async fn run(
                 .context("cannot subscribe to the message channel")?;
             let readiness = Readiness {
                 redis: Some(redis.health.clone()),
+                metrics_elsewhere: config.metrics_addr.is_some(),
             };
+            serve_metrics(&config, &readiness).await?;
             let router = router(&config, svc, readiness);
             let background = tokio::spawn(cluster_forever(
                 ctx,
@@ -121,6 +128,24 @@ pub async fn run(
             .await
         }
     }
+}
+
+/// With `--metrics-addr`, serves `/metrics` there, for as long as the process runs.
+async fn serve_metrics(config: &Config, readiness: &Readiness) -> anyhow::Result<()> {
+    let Some(addr) = config.metrics_addr else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    tracing::info!(%addr, "metrics on their own port");
+    let routes = web::metrics_routes(readiness.clone());
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, routes).await {
+            tracing::error!(%err, "the metrics server failed");
+        }
+    });
+    Ok(())
 }
 
 /// How many published messages may wait for local delivery before the newest are dropped.

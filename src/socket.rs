@@ -23,6 +23,7 @@ use crate::chat::{
     ChatError, ErrorCode, History, Joined, LOBBY, Limits, Presence, StoredMessage, TokenBucket,
 };
 use crate::chat::{JoinRequest, Left, now_millis};
+use crate::metrics::{self, METRICS};
 use crate::protocol::{
     AddUser, Auth, Login, MessageAck, Refusal, Typing, UserChange, UserList, inbound, outbound,
 };
@@ -63,6 +64,8 @@ struct Conn {
     auth_session: Option<String>,
     /// The end of this connection's queue of events (see `InOrder`).
     last_turn: Mutex<Option<oneshot::Receiver<()>>>,
+    /// The transport the connection started on, for the connection gauge.
+    transport: metrics::Transport,
     member: Mutex<Membership>,
     messages: Mutex<TokenBucket>,
     typing: Mutex<TokenBucket>,
@@ -215,6 +218,7 @@ impl<A: Adapter> Reply<A> {
     }
 
     fn refuse(self, socket: &SocketRef<A>, error: &ChatError) {
+        METRICS.refused(error.code);
         tracing::debug!(sid = %socket.id, code = error.code.as_str(), "request refused");
         if self.wants_ack {
             self.ok(&Refusal { error });
@@ -250,9 +254,15 @@ pub async fn on_connecting<A: Adapter>(
         .and_then(|a| a.session)
         .filter(|s| !s.is_empty() && s.len() <= MAX_SESSION_TOKEN_LEN);
     let settings = &ctx.settings;
+    let transport = match socket.transport_type() {
+        socketioxide::TransportType::Websocket => metrics::Transport::Websocket,
+        socketioxide::TransportType::Polling => metrics::Transport::Polling,
+    };
+    METRICS.connected(transport);
     socket.extensions.insert(Arc::new(Conn {
         auth_session,
         last_turn: Mutex::new(None),
+        transport,
         member: Mutex::new(Membership::Anonymous),
         messages: Mutex::new(TokenBucket::new(
             settings.message_rate,
@@ -301,6 +311,7 @@ async fn add_user<A: Adapter>(
     }
     match join(&socket, &io, &ctx, &conn, arg.ok()).await {
         Ok((member, joined, login)) => {
+            METRICS.joined();
             conn.finish_join(Some(member));
             reply.ok(&login);
             announce_join(&socket, &joined).await;
@@ -421,12 +432,17 @@ async fn new_message<A: Adapter>(
     State(ctx): State<ChatContext>,
     Extension(conn): Extension<Arc<Conn>>,
 ) {
+    let arrived = std::time::Instant::now();
+    METRICS.message_received();
     order.wait().await;
     match post_message(&socket, &ctx, &conn, arg.ok()).await {
-        Ok(stored) => reply.ok(&MessageAck {
-            id: stored.id,
-            ts: stored.ts,
-        }),
+        Ok(stored) => {
+            METRICS.message_accepted(arrived.elapsed());
+            reply.ok(&MessageAck {
+                id: stored.id,
+                ts: stored.ts,
+            });
+        }
         Err(err) => reply.refuse(&socket, &err),
     }
 }
@@ -548,6 +564,7 @@ async fn on_disconnect<A: Adapter>(
     io: SocketIo<A>,
 ) {
     tracing::debug!(sid = %socket.id, ?reason, "disconnected");
+    METRICS.disconnected(conn.transport);
     let Some(member) = conn.take_member() else {
         return;
     };

@@ -82,7 +82,16 @@ pub fn routes(readiness: Readiness) -> Router {
         // Browsers ask for it whatever the page links; an SVG body is fine for them.
         .route("/favicon.ico", get(|| page(FAVICON_SVG, "image/svg+xml")))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(move || readyz(readiness.clone())));
+        .route(
+            "/readyz",
+            get({
+                let readiness = readiness.clone();
+                move || readyz(readiness.clone())
+            }),
+        );
+    if !readiness.metrics_elsewhere {
+        router = router.merge(metrics_routes(readiness));
+    }
     for &(path, body) in CLIENT_FILES {
         router = router.route(path, get(move || client_file(path, body)));
     }
@@ -155,6 +164,27 @@ const HANDSHAKE_MAX_BYTES: usize = 4_096;
 pub struct Readiness {
     /// Present when the instance uses Redis.
     pub redis: Option<Arc<RedisHealth>>,
+    /// `/metrics` is served on a port of its own (`--metrics-addr`), not with the chat.
+    pub metrics_elsewhere: bool,
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub fn metrics_routes(readiness: Readiness) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let body = crate::metrics::METRICS.render(readiness.redis.as_deref());
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    )
 }
 
 /// Readiness: serving, and Redis reachable where it is used. A load balancer sends new clients

@@ -141,3 +141,34 @@ async fn foreign_origins_cannot_open_socket_io_connections() -> Result<()> {
     assert_eq!(ws.status(), 403);
     Ok(())
 }
+
+#[tokio::test]
+async fn metrics_count_connections_joins_messages_and_refusals() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut a = TestClient::connect(&server, TransportType::Websocket).await?;
+    a.join("alice").await?;
+    a.call("new message", serde_json::json!("counted")).await?;
+    a.call("new message", serde_json::json!("")).await?;
+    let text = reqwest::get(format!("{}/metrics", server.url))
+        .await?
+        .text()
+        .await?;
+    // Other tests in this process count too: check presence and lower bounds.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(
+        value("banter_connections{transport=\"websocket\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(value("banter_joins_total") >= 1.0);
+    assert!(value("banter_messages_accepted_total") >= 1.0);
+    assert!(value("banter_refusals_total{code=\"empty\"}") >= 1.0);
+    assert!(value("banter_message_seconds_count") >= 1.0);
+    assert!(text.contains("# TYPE banter_message_seconds histogram"));
+    Ok(())
+}
