@@ -63,6 +63,12 @@ pub struct Config {
     #[arg(long, env = "BANTER_MAX_PAYLOAD_BYTES", default_value_t = 1_000_000)]
     pub max_payload_bytes: u64,
 
+    /// Packets that may wait for one slow client before more to it are dropped (and counted in
+    /// banter_dropped_packets_total). A client that drops behind this far recovers what it
+    /// missed through `lastId` when it reconnects.
+    #[arg(long, env = "BANTER_MAX_BUFFER_PACKETS", default_value_t = 1_024)]
+    pub max_buffer_packets: usize,
+
     /// Longest nickname, in characters (after trimming white space).
     #[arg(long, env = "BANTER_MAX_NAME_CHARS", default_value_t = 32)]
     pub max_name_chars: usize,
@@ -181,6 +187,9 @@ impl Config {
             bail!("--max-payload-bytes must be at least 1024");
         }
         usize::try_from(self.max_payload_bytes).context("--max-payload-bytes is too large")?;
+        if self.max_buffer_packets < 16 {
+            bail!("--max-buffer-packets must be at least 16");
+        }
         if self.instance_timeout_ms < 1_000 {
             bail!(
                 "--instance-timeout-ms must be at least 1000 (instances heart-beat every 500 ms)"

@@ -47,6 +47,7 @@ pub struct Metrics {
     /// Cumulative counts per bucket, then +Inf; and the sum in microseconds.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
+    dropped_packets_total: AtomicU64,
 }
 
 /// The transport a connection started on.
@@ -92,6 +93,12 @@ impl Metrics {
         self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Packets a broadcast could not queue for a client whose buffer was full.
+    pub fn dropped(&self, packets: u64) {
+        self.dropped_packets_total
+            .fetch_add(packets, Ordering::Relaxed);
     }
 
     pub fn refused(&self, code: ErrorCode) {

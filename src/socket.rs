@@ -661,7 +661,23 @@ async fn broadcast<A: Adapter, T: Serialize + ?Sized>(
     event: &'static str,
     data: &T,
 ) {
-    if let Err(err) = to.emit(event, data).await {
-        tracing::warn!(event, %err, "broadcast failed");
+    match to.emit(event, data).await {
+        Ok(()) => {}
+        Err(socketioxide::BroadcastError::Socket(errors)) => {
+            // Clients that are gone or too far behind; the others got the packet.
+            let full = errors
+                .iter()
+                .filter(|e| matches!(e, socketioxide::SocketError::InternalChannelFull))
+                .count();
+            if full > 0 {
+                METRICS.dropped(full as u64);
+                tracing::warn!(
+                    event,
+                    clients = full,
+                    "clients too far behind: packet dropped for them"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(event, %err, "broadcast failed"),
     }
 }
