@@ -18,7 +18,7 @@ pub use history::{
 pub use limits::Limits;
 pub use presence::{
     ConnId, JoinRequest, Joined, Left, MAX_VARIANTS, MemoryPresence, Presence, name_key,
-    new_session_token, variant,
+    new_session_token, sort_users, variant,
 };
 pub use rate::TokenBucket;
 

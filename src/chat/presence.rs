@@ -80,6 +80,11 @@ pub fn name_key(name: &str) -> String {
     name.to_lowercase()
 }
 
+/// Sorts nicknames as every users list is shown: case-insensitively, ties by exact spelling.
+pub fn sort_users(users: &mut [String]) {
+    users.sort_by_cached_key(|u| (name_key(u), u.clone()));
+}
+
 /// The n-th variant of a nickname, shortened so that it stays within the limit.
 pub fn variant(name: &str, n: u32, max_chars: usize) -> String {
     let suffix = format!(" ({n})");
@@ -212,7 +217,7 @@ impl RoomPresence {
 
     fn users(&self) -> (usize, Vec<String>) {
         let mut users: Vec<String> = self.people.values().map(|p| p.username.clone()).collect();
-        users.sort_by_cached_key(|u| (name_key(u), u.clone()));
+        sort_users(&mut users);
         (users.len(), users)
     }
 }

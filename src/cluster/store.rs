@@ -15,7 +15,7 @@ use super::conn::RedisConn;
 use crate::chat::{
     Appended, ChatError, History, HistoryPage, JoinRequest, Joined, Left, MAX_VARIANTS, Presence,
     StoreFuture, StoredMessage, name_key, new_session_token, next_id, now_millis, select_page,
-    variant,
+    sort_users, variant,
 };
 
 /// The prefix of every key and channel Banter uses.
@@ -185,6 +185,25 @@ impl RedisStore {
         }
     }
 
+    /// Fails at once while Redis is known to be away, instead of after a timeout; the heartbeat
+    /// (which does not call this) notices when it is back.
+    fn ensure_up(&self) -> Result<(), ChatError> {
+        if self.health.is_up() {
+            Ok(())
+        } else {
+            Err(ChatError::unavailable())
+        }
+    }
+
+    /// Records Redis's health from a result, and turns a Redis error into `unavailable` (the
+    /// detail goes to the log, not to the client).
+    fn checked<T>(&self, what: &str, result: redis::RedisResult<T>) -> Result<T, ChatError> {
+        self.health.observe(what, result).map_err(|err| {
+            tracing::debug!(%err, what, "Redis operation failed");
+            ChatError::unavailable()
+        })
+    }
+
     /// Runs a script on the room's presence keys, recording Redis's health.
     async fn presence_script<T: redis::FromRedisValue>(
         &self,
@@ -193,11 +212,7 @@ impl RedisStore {
         room: &str,
         args: &[&str],
     ) -> Result<T, ChatError> {
-        // While Redis is known to be away, fail at once instead of after a timeout; the
-        // heartbeat notices when it is back.
-        if !self.health.is_up() {
-            return Err(ChatError::unavailable());
-        }
+        self.ensure_up()?;
         let k = keys(room);
         let mut invocation = script.key(&k.people);
         invocation
@@ -209,10 +224,7 @@ impl RedisStore {
             invocation.arg(*arg);
         }
         let result = invocation.invoke_async(&mut self.conn.clone()).await;
-        self.health.observe(what, result).map_err(|err| {
-            tracing::debug!(%err, what, "Redis operation failed");
-            ChatError::unavailable()
-        })
+        self.checked(what, result)
     }
 
     /// Says this instance is alive until `now + timeout`. Returns true when Redis did not know
@@ -226,29 +238,20 @@ impl RedisStore {
             .arg(&self.instance)
             .query_async(&mut self.conn.clone())
             .await;
-        let added = self
-            .health
-            .observe("heartbeat", result)
-            .map_err(|_| ChatError::unavailable())?;
-        Ok(added == 1)
+        Ok(self.checked("heartbeat", result)? == 1)
     }
 
     /// Marks this instance as gone now, so that the others treat its people as dropped (they
     /// reconnect elsewhere within the grace period) without waiting for the heartbeat to lapse.
     pub async fn retire(&self, room: &str) -> Result<(), ChatError> {
-        if !self.health.is_up() {
-            return Err(ChatError::unavailable());
-        }
+        self.ensure_up()?;
         let result: redis::RedisResult<i64> = redis::cmd("ZADD")
             .arg(keys(room).instances)
             .arg(now_millis())
             .arg(&self.instance)
             .query_async(&mut self.conn.clone())
             .await;
-        self.health
-            .observe("retire", result)
-            .map(|_| ())
-            .map_err(|_| ChatError::unavailable())
+        self.checked("retire", result).map(|_| ())
     }
 
     /// Puts back a person held by one of this instance's connections.
@@ -308,7 +311,7 @@ impl Presence for RedisStore {
                 ));
             }
             let mut users = reply.n;
-            users.sort_by_cached_key(|u| (name_key(u), u.clone()));
+            sort_users(&mut users);
             Ok(Joined {
                 renamed_from: (reply.k == 0 && reply.u != req.nickname)
                     .then(|| req.nickname.to_owned()),
@@ -371,17 +374,12 @@ impl Presence for RedisStore {
 
     fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)> {
         Box::pin(async move {
-            if !self.health.is_up() {
-                return Err(ChatError::unavailable());
-            }
+            self.ensure_up()?;
             let result: redis::RedisResult<Vec<String>> = redis::cmd("HVALS")
                 .arg(keys(room).people)
                 .query_async(&mut self.conn.clone())
                 .await;
-            let raw = self
-                .health
-                .observe("users", result)
-                .map_err(|_| ChatError::unavailable())?;
+            let raw = self.checked("users", result)?;
             #[derive(Deserialize)]
             struct Person {
                 u: String,
@@ -391,7 +389,7 @@ impl Presence for RedisStore {
                 .filter_map(|p| serde_json::from_str::<Person>(p).ok())
                 .map(|p| p.u)
                 .collect();
-            users.sort_by_cached_key(|u| (name_key(u), u.clone()));
+            sort_users(&mut users);
             Ok((users.len(), users))
         })
     }
@@ -450,9 +448,7 @@ impl History for RedisStore {
         limit: usize,
     ) -> StoreFuture<'a, HistoryPage> {
         Box::pin(async move {
-            if !self.health.is_up() {
-                return Err(ChatError::unavailable());
-            }
+            self.ensure_up()?;
             let k = keys(room);
             let result: redis::RedisResult<(Vec<String>, Option<String>)> = redis::pipe()
                 .cmd("LRANGE")
@@ -464,10 +460,7 @@ impl History for RedisStore {
                 .arg("floor")
                 .query_async(&mut self.conn.clone())
                 .await;
-            let (items, floor) = self
-                .health
-                .observe("history", result)
-                .map_err(|_| ChatError::unavailable())?;
+            let (items, floor) = self.checked("history", result)?;
             let messages: Vec<StoredMessage> =
                 items.iter().filter_map(|item| parse_item(item)).collect();
             // No floor: Redis has no history at all (new, or restarted without persistence), so
