@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 
 use crate::chat::Limits;
+use crate::clients::{AddressBounds, IpNet};
 
 /// Banter: a real-time chat server that speaks Socket.IO, a drop-in for the classic Node.js chat
 /// example. Every setting can also be given in the environment variable named beside it.
@@ -103,6 +104,27 @@ pub struct Config {
     #[arg(long, env = "BANTER_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
+    /// Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed, comma separated: addresses
+    /// or networks (`127.0.0.1,10.0.0.0/8`). Set it to your load balancer's or web-app host's
+    /// front-end addresses; without it, the TCP peer is the client (behind a proxy, every client
+    /// would then share the proxy's per-address limits).
+    #[arg(long, env = "BANTER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// New connections (Engine.IO sessions) one client address may open per second, on average
+    /// (IPv6: per /64). Refused with 429 beyond it. 0 turns the limit off.
+    #[arg(long, env = "BANTER_CONNECT_RATE_PER_IP", default_value_t = 20.0)]
+    pub connect_rate_per_ip: f64,
+
+    /// New connections one client address may open at once before the per-second rate applies.
+    #[arg(long, env = "BANTER_CONNECT_BURST_PER_IP", default_value_t = 100)]
+    pub connect_burst_per_ip: u32,
+
+    /// Connections one client address may hold open at once (IPv6: per /64). Raise it if many of
+    /// your users share one address (a company network behind one NAT). 0 turns the cap off.
+    #[arg(long, env = "BANTER_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: u32,
+
     /// Redis URL that switches on scale-out: every instance with the same Redis serves one chat.
     /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (managed caches such as
     /// Azure Cache for Redis use rediss:// on port 6380). REDIS_URL is read too when this is unset.
@@ -190,6 +212,12 @@ impl Config {
         if self.max_buffer_packets < 16 {
             bail!("--max-buffer-packets must be at least 16");
         }
+        if !(self.connect_rate_per_ip.is_finite() && self.connect_rate_per_ip >= 0.0) {
+            bail!("--connect-rate-per-ip must be a number, 0 or more");
+        }
+        if self.connect_rate_per_ip > 0.0 && self.connect_burst_per_ip == 0 {
+            bail!("--connect-burst-per-ip must be at least 1 while --connect-rate-per-ip is on");
+        }
         if self.instance_timeout_ms < 1_000 {
             bail!(
                 "--instance-timeout-ms must be at least 1000 (instances heart-beat every 500 ms)"
@@ -221,6 +249,14 @@ impl Config {
         Limits {
             max_name_chars: self.max_name_chars,
             max_message_chars: self.max_message_chars,
+        }
+    }
+
+    pub fn address_bounds(&self) -> AddressBounds {
+        AddressBounds {
+            connect_rate: self.connect_rate_per_ip,
+            connect_burst: self.connect_burst_per_ip,
+            max_open: self.max_connections_per_ip,
         }
     }
 
@@ -260,6 +296,11 @@ mod tests {
         assert_eq!(c.transports, vec![Transport::Websocket]);
         assert!(Config::try_parse_from(["banter", "--transports", "carrier-pigeon"]).is_err());
         let c = Config::parse_from(["banter", "--message-rate", "0"]);
+        assert!(c.validate().is_err());
+        let c = Config::parse_from(["banter", "--trusted-proxies", "127.0.0.1,10.0.0.0/8"]);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(Config::try_parse_from(["banter", "--trusted-proxies", "10.0.0.0/40"]).is_err());
+        let c = Config::parse_from(["banter", "--connect-rate-per-ip=-1"]);
         assert!(c.validate().is_err());
     }
 }

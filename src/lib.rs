@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chat;
+pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod guard;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::chat::ErrorCode;
+use crate::clients::Refusal;
 use crate::cluster::RedisHealth;
 
 /// Every refusal code, in the order of `ErrorCode`'s variants, for the per-code counters.
@@ -48,6 +49,8 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
     dropped_packets_total: AtomicU64,
+    refused_addresses_rate_total: AtomicU64,
+    refused_addresses_open_total: AtomicU64,
 }
 
 /// The transport a connection started on.
@@ -101,6 +104,15 @@ impl Metrics {
             .fetch_add(packets, Ordering::Relaxed);
     }
 
+    /// A client address over its bounds was refused a new connection.
+    pub fn address_refused(&self, refusal: Refusal) {
+        match refusal {
+            Refusal::Rate(_) => &self.refused_addresses_rate_total,
+            Refusal::Open => &self.refused_addresses_open_total,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn refused(&self, code: ErrorCode) {
         if let Some(i) = CODES.iter().position(|c| *c == code) {
             self.refusals_total[i].fetch_add(1, Ordering::Relaxed);
@@ -108,7 +120,8 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn render(&self, redis: Option<&RedisHealth>) -> String {
+    /// `history` is the number of messages the chat's history holds, when known.
+    pub fn render(&self, redis: Option<&RedisHealth>, history: Option<usize>) -> String {
         let mut out = String::with_capacity(4_096);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
@@ -168,6 +181,28 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP banter_connections_refused_total New connections refused because their \
+             client address was over its bounds: too many new connections per second (rate) or \
+             open at once (open).\n# TYPE banter_connections_refused_total counter"
+        );
+        for (reason, count) in [
+            ("rate", &self.refused_addresses_rate_total),
+            ("open", &self.refused_addresses_open_total),
+        ] {
+            let _ = writeln!(
+                out,
+                "banter_connections_refused_total{{reason=\"{reason}\"}} {}",
+                get(count)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP banter_dropped_packets_total Packets not queued for a client whose send \
+             buffer was full.\n# TYPE banter_dropped_packets_total counter\nbanter_dropped_packets_total {}",
+            get(&self.dropped_packets_total)
+        );
+        let _ = writeln!(
+            out,
             "# HELP banter_message_seconds From a message's arrival to its broadcast."
         );
         let _ = writeln!(out, "# TYPE banter_message_seconds histogram");
@@ -189,6 +224,13 @@ impl Metrics {
             out,
             "banter_message_seconds_sum {sum}\nbanter_message_seconds_count {cumulative}"
         );
+        if let Some(len) = history {
+            let _ = writeln!(
+                out,
+                "# HELP banter_history_messages Messages held in the chat's history (what a \
+                 reconnecting client can catch up from).\n# TYPE banter_history_messages gauge\nbanter_history_messages {len}"
+            );
+        }
         if let Some(health) = redis {
             let _ = writeln!(
                 out,
@@ -216,12 +258,13 @@ mod tests {
         m.refused(ErrorCode::TooLong);
         m.message_accepted(Duration::from_micros(300));
         m.message_accepted(Duration::from_secs(2));
-        let text = m.render(None);
+        let text = m.render(None, Some(7));
         assert!(text.contains("banter_connections{transport=\"websocket\"} 1"));
         assert!(text.contains("banter_refusals_total{code=\"too_long\"} 1"));
         assert!(text.contains("banter_message_seconds_bucket{le=\"0.00025\"} 0"));
         assert!(text.contains("banter_message_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(text.contains("banter_message_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("banter_history_messages 7"));
         assert!(!text.contains("banter_redis_up"));
     }
 }

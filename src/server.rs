@@ -3,6 +3,7 @@
 //! URL is set. Everything else is the same code, generic over the adapter.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 use crate::chat::{History, LOBBY, MemoryHistory, MemoryPresence, Presence};
+use crate::clients::{self, AddressLimits};
 use crate::cluster::{self, RedisStore, ResilientDriver};
 use crate::config::{Config, Transport};
 use crate::guard;
@@ -56,9 +58,10 @@ pub async fn run(
             let readiness = Readiness {
                 redis: None,
                 metrics_elsewhere: config.metrics_addr.is_some(),
+                history: Some(ctx.history.clone()),
             };
             serve_metrics(&config, &readiness).await?;
-            let router = router(&config, svc, readiness);
+            let router = router(&config, svc, readiness, &ctx.clients);
             let background = tokio::spawn(reap_forever(ctx, io.clone(), reap_interval(&config)));
             serve(listener, &config, router, io, shutdown, background, None).await
         }
@@ -105,9 +108,10 @@ pub async fn run(
             let readiness = Readiness {
                 redis: Some(redis.health.clone()),
                 metrics_elsewhere: config.metrics_addr.is_some(),
+                history: Some(ctx.history.clone()),
             };
             serve_metrics(&config, &readiness).await?;
-            let router = router(&config, svc, readiness);
+            let router = router(&config, svc, readiness, &ctx.clients);
             let background = tokio::spawn(cluster_forever(
                 ctx,
                 io.clone(),
@@ -164,6 +168,7 @@ fn context(config: &Config, presence: Arc<dyn Presence>, history: Arc<dyn Histor
             reconnect_grace: config.reconnect_grace(),
         }),
         message_order: Arc::new(tokio::sync::Mutex::new(())),
+        clients: AddressLimits::new(config.address_bounds()),
     }
 }
 
@@ -197,7 +202,12 @@ fn transports(config: &Config) -> (bool, bool) {
 
 /// Our exact routes first; everything else (the Engine.IO endpoint under /socket.io/, and the
 /// 404s) goes to the Socket.IO service.
-fn router<S>(config: &Config, socket_io: S, readiness: Readiness) -> Router
+fn router<S>(
+    config: &Config,
+    socket_io: S,
+    readiness: Readiness,
+    limits: &Arc<AddressLimits>,
+) -> Router
 where
     S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
         + Clone
@@ -214,10 +224,19 @@ where
     let allowed = guard::AllowedOrigins {
         list: Arc::new(config.allowed_origins.clone()),
     };
+    let clients = Arc::new(clients::ClientPolicy {
+        trusted: clients::TrustedProxies::new(config.trusted_proxies.clone()),
+        limits: Arc::clone(limits),
+        own_tls: config.tls_cert.is_some(),
+    });
     router
         .layer(axum::middleware::from_fn_with_state(
             allowed,
             guard::check_origin,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            clients,
+            clients::identify,
         ))
         .layer(axum::middleware::from_fn(guard::security_headers))
         // A 503 from /readyz during a Redis outage is an answer, not a fault of the server: one
@@ -245,8 +264,14 @@ async fn serve<A: Adapter>(
     let mut serving = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = crate::tls::server_config(cert, key)?;
-            let listener = crate::tls::TlsListener::new(listener, tls)?;
-            let serve = axum::serve(listener, router).with_graceful_shutdown(stopped);
+            // (An empty tap: axum provides the peer address as ConnectInfo for tapped listeners.
+            // TlsListener sets TCP_NODELAY itself, before the TLS handshake.)
+            let listener = crate::tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
+            let serve = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped);
             tokio::spawn(serve.into_future())
         }
         _ => {
@@ -257,7 +282,11 @@ async fn serve<A: Adapter>(
                     tracing::debug!(%err, "could not set TCP_NODELAY");
                 }
             });
-            let serve = axum::serve(listener, router).with_graceful_shutdown(stopped);
+            let serve = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped);
             tokio::spawn(serve.into_future())
         }
     };

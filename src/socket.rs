@@ -23,6 +23,7 @@ use crate::chat::{
     ChatError, ErrorCode, History, Joined, LOBBY, Limits, Presence, StoredMessage, TokenBucket,
 };
 use crate::chat::{JoinRequest, Left, now_millis};
+use crate::clients::{AddressLimits, Client, OpenSlot, Refusal as AddressRefusal};
 use crate::metrics::{self, METRICS};
 use crate::protocol::{
     AddUser, Auth, Login, MessageAck, Refusal, Typing, UserChange, UserList, inbound, outbound,
@@ -56,6 +57,8 @@ pub struct ChatContext {
     /// broadcast in the opposite order of their ids, and a client that reconnects with the
     /// greater id as `lastId` would never get the other one.
     pub message_order: Arc<tokio::sync::Mutex<()>>,
+    /// The per-address bounds on connections.
+    pub clients: Arc<AddressLimits>,
 }
 
 /// The state of one connection, kept in the socket's extensions.
@@ -69,6 +72,9 @@ struct Conn {
     member: Mutex<Membership>,
     messages: Mutex<TokenBucket>,
     typing: Mutex<TokenBucket>,
+    /// This connection's place in its client address's count of open connections; released
+    /// when the socket is dropped.
+    _slot: Option<OpenSlot>,
 }
 
 enum Membership {
@@ -248,7 +254,21 @@ pub async fn on_connecting<A: Adapter>(
     socket: SocketRef<A>,
     TryData(auth): TryData<Auth>,
     State(ctx): State<ChatContext>,
-) -> Result<(), Infallible> {
+) -> Result<(), AddressRefusal> {
+    // The client's address, worked out by the HTTP layer from the handshake request. Absent
+    // only when the service is driven without a network peer.
+    let client = socket.req_parts().extensions.get::<Client>().copied();
+    let slot = match client {
+        Some(client) => match ctx.clients.open(client.addr) {
+            Ok(slot) => Some(slot),
+            Err(refusal) => {
+                METRICS.address_refused(refusal);
+                tracing::debug!(client = %client.addr, %refusal, "refused a connection");
+                return Err(refusal);
+            }
+        },
+        None => None,
+    };
     let auth_session = auth
         .ok()
         .and_then(|a| a.session)
@@ -272,6 +292,7 @@ pub async fn on_connecting<A: Adapter>(
             settings.typing_rate,
             (settings.typing_rate * 2.0).ceil() as u32,
         )),
+        _slot: slot,
     }));
 
     socket.join(conn_room(&socket.id.to_string()));

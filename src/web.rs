@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::chat::{History, LOBBY};
 use crate::cluster::RedisHealth;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -166,6 +167,8 @@ pub struct Readiness {
     pub redis: Option<Arc<RedisHealth>>,
     /// `/metrics` is served on a port of its own (`--metrics-addr`), not with the chat.
     pub metrics_elsewhere: bool,
+    /// The chat's history, whose size `/metrics` reports.
+    pub history: Option<Arc<dyn History>>,
 }
 
 /// `GET /metrics` in the Prometheus text format.
@@ -173,8 +176,14 @@ pub fn metrics_routes(readiness: Readiness) -> Router {
     Router::new().route(
         "/metrics",
         get(move || {
-            let body = crate::metrics::METRICS.render(readiness.redis.as_deref());
+            let readiness = readiness.clone();
             async move {
+                let history = match &readiness.history {
+                    // Unknown while Redis is out of reach: the line is left out, not made up.
+                    Some(history) => history.len(LOBBY).await.ok(),
+                    None => None,
+                };
+                let body = crate::metrics::METRICS.render(readiness.redis.as_deref(), history);
                 (
                     [(
                         header::CONTENT_TYPE,

@@ -53,6 +53,9 @@ pub trait History: Send + Sync + 'static {
         limit: usize,
     ) -> StoreFuture<'a, HistoryPage>;
 
+    /// How many messages the room's history holds now (for the metrics).
+    fn len<'a>(&'a self, room: &'a str) -> StoreFuture<'a, usize>;
+
     /// True when `append` normally delivers the message itself (see `Appended::published`): the
     /// caller then need not hold the per-chat order lock, which only serves its own broadcasts.
     fn publishes(&self) -> bool {
@@ -139,6 +142,11 @@ impl History for MemoryHistory {
                 published: false,
             })
         })
+    }
+
+    fn len<'a>(&'a self, room: &'a str) -> StoreFuture<'a, usize> {
+        let len = self.with_room(room, |r| r.messages.len());
+        Box::pin(async move { Ok(len) })
     }
 
     fn page<'a>(

@@ -37,6 +37,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket has refilled completely: its owner has been quiet for long enough that
+    /// forgetting it changes nothing.
+    pub fn is_full(&self) -> bool {
+        let elapsed = Instant::now().saturating_duration_since(self.last);
+        self.tokens + elapsed.as_secs_f64() * self.per_second >= self.capacity
+    }
+
     /// How long until one token is available again (for the client's error message).
     pub fn retry_after(&self) -> Duration {
         if self.tokens >= 1.0 || self.per_second == 0.0 {

@@ -470,6 +470,17 @@ impl History for RedisStore {
         })
     }
 
+    fn len<'a>(&'a self, room: &'a str) -> StoreFuture<'a, usize> {
+        Box::pin(async move {
+            self.ensure_up()?;
+            let result: redis::RedisResult<usize> = redis::cmd("LLEN")
+                .arg(keys(room).history)
+                .query_async(&mut self.conn.clone())
+                .await;
+            self.checked("history length", result)
+        })
+    }
+
     fn publishes(&self) -> bool {
         true
     }

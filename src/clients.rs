@@ -1,0 +1,562 @@
+//! Who a request comes from, and how many connections each client address may open.
+//!
+//! Behind a proxy (nginx, HAProxy, Azure App Service's front end) every TCP connection comes from
+//! the proxy. The client's own address is then in `X-Forwarded-For`, which anybody can also send,
+//! so it is believed only when the TCP peer is a proxy the operator listed
+//! (`BANTER_TRUSTED_PROXIES`). The same goes for `X-Forwarded-Proto`, which says whether the
+//! browser used HTTPS.
+//!
+//! Per address, two bounds: a token bucket on new Engine.IO sessions (handshakes), which keeps a
+//! single address from opening sessions faster than a person could, and a cap on the Socket.IO
+//! connections it holds open at once. IPv6 addresses count per /64, the block a single host or
+//! subscriber usually gets, so that hopping addresses within it does not escape the bounds.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::chat::TokenBucket;
+
+/// A network: an address and a prefix length (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or network (a.b.c.d/n)"))?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The client of one request, as far as we can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address: the TCP peer, or what trusted proxies say it is.
+    pub addr: IpAddr,
+    /// Whether the browser reached us over HTTPS (our own TLS, or a trusted proxy's).
+    pub https: bool,
+}
+
+/// The operator's list of proxies whose forwarding headers are believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self(nets)
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(ip))
+    }
+
+    /// Who sent a request that reached us from `peer`. `X-Forwarded-For` lists the addresses a
+    /// request passed through, each proxy appending the one it received it from; so it is read
+    /// from the right, and the first address that is not a trusted proxy is the client. Whatever
+    /// stands left of that was written by the client itself and is ignored.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap, own_tls: bool) -> Client {
+        let peer = peer.to_canonical();
+        if !self.trusts(peer) {
+            return Client {
+                addr: peer,
+                https: own_tls,
+            };
+        }
+        let mut addr = peer;
+        let hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect::<Vec<_>>();
+        for hop in hops.iter().rev() {
+            // An entry we cannot read ends the chain: we cannot tell who wrote what is left of it,
+            // so the last hop we could read stands for the client.
+            let Some(ip) = parse_hop(hop) else {
+                break;
+            };
+            addr = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        // The scheme the last proxy saw: the one that terminated TLS, closest to us.
+        let https = match headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+        {
+            Some(proto) => proto.trim().eq_ignore_ascii_case("https"),
+            None => own_tls,
+        };
+        Client { addr, https }
+    }
+}
+
+/// One `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678` (Azure adds the port), `::1` or
+/// `[::1]:5678`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        let (ip, _) = rest.split_once(']')?;
+        return ip.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    }
+    let (ip, port) = hop.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    ip.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// The per-address bounds. Zero turns one off.
+#[derive(Debug, Clone, Copy)]
+pub struct AddressBounds {
+    /// New Engine.IO sessions per second, refilled continuously.
+    pub connect_rate: f64,
+    /// New sessions at once, before the rate applies.
+    pub connect_burst: u32,
+    /// Socket.IO connections open at once.
+    pub max_open: u32,
+}
+
+/// Why a client was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many new sessions lately; try again after this long.
+    Rate(Duration),
+    /// Too many connections open.
+    Open,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rate(after) => write!(
+                f,
+                "too many new connections from your address; try again in {} ms",
+                after.as_millis().max(1)
+            ),
+            Self::Open => f.write_str("too many open connections from your address"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    bucket: Option<TokenBucket>,
+    open: u32,
+}
+
+/// The state of every address seen recently. Entries of addresses with nothing open are
+/// forgotten once their bucket has refilled, so the table holds only active addresses.
+#[derive(Debug)]
+pub struct AddressLimits {
+    bounds: AddressBounds,
+    slots: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    slots: HashMap<IpAddr, Slot>,
+    /// Sweep idle entries when the table reaches this size (doubling, so sweeps are amortised).
+    sweep_at: usize,
+}
+
+/// Below this many entries the table is never swept.
+const MIN_SWEEP: usize = 1_024;
+
+impl AddressLimits {
+    pub fn new(bounds: AddressBounds) -> Arc<Self> {
+        Arc::new(Self {
+            bounds,
+            slots: Mutex::new(Table {
+                slots: HashMap::new(),
+                sweep_at: MIN_SWEEP,
+            }),
+        })
+    }
+
+    pub fn bounds(&self) -> AddressBounds {
+        self.bounds
+    }
+
+    /// The key an address is counted under: IPv6 per /64.
+    fn key(addr: IpAddr) -> IpAddr {
+        match addr.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+            v4 => v4,
+        }
+    }
+
+    fn with_slot<R>(&self, addr: IpAddr, f: impl FnOnce(&mut Slot) -> R) -> R {
+        let mut table = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if table.slots.len() >= table.sweep_at {
+            table.slots.retain(|_, slot| !slot.is_idle());
+            table.sweep_at = (table.slots.len() * 2).max(MIN_SWEEP);
+        }
+        let bounds = self.bounds;
+        let slot = table.slots.entry(Self::key(addr)).or_insert_with(|| Slot {
+            bucket: (bounds.connect_rate > 0.0)
+                .then(|| TokenBucket::new(bounds.connect_rate, bounds.connect_burst)),
+            open: 0,
+        });
+        f(slot)
+    }
+
+    /// Whether `addr` may start a new session now. Takes a token from its bucket.
+    pub fn admit(&self, addr: IpAddr) -> Result<(), Refusal> {
+        let max_open = self.bounds.max_open;
+        if self.bounds.connect_rate <= 0.0 && max_open == 0 {
+            return Ok(());
+        }
+        self.with_slot(addr, |slot| {
+            if max_open > 0 && slot.open >= max_open {
+                return Err(Refusal::Open);
+            }
+            match &mut slot.bucket {
+                Some(bucket) => {
+                    if bucket.try_take() {
+                        Ok(())
+                    } else {
+                        Err(Refusal::Rate(bucket.retry_after()))
+                    }
+                }
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Counts a connection of `addr` as open, unless that would pass the cap. The connection
+    /// stays counted until the returned slot is dropped.
+    pub fn open(self: &Arc<Self>, addr: IpAddr) -> Result<OpenSlot, Refusal> {
+        let max_open = self.bounds.max_open;
+        let key = Self::key(addr);
+        if max_open > 0 {
+            self.with_slot(key, |slot| {
+                if slot.open >= max_open {
+                    return Err(Refusal::Open);
+                }
+                slot.open += 1;
+                Ok(())
+            })?;
+        }
+        Ok(OpenSlot {
+            limits: max_open.gt(&0).then(|| Arc::clone(self)),
+            key,
+        })
+    }
+
+    fn close(&self, key: IpAddr) {
+        let mut table = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = table.slots.get_mut(&key) {
+            slot.open = slot.open.saturating_sub(1);
+        }
+    }
+
+    /// How many addresses are tracked (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .slots
+            .len()
+    }
+}
+
+impl Slot {
+    fn is_idle(&self) -> bool {
+        self.open == 0 && self.bucket.as_ref().is_none_or(TokenBucket::is_full)
+    }
+}
+
+/// One open connection of an address, counted until dropped.
+#[derive(Debug)]
+pub struct OpenSlot {
+    limits: Option<Arc<AddressLimits>>,
+    key: IpAddr,
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        if let Some(limits) = &self.limits {
+            limits.close(self.key);
+        }
+    }
+}
+
+/// What the client-identifying middleware needs.
+#[derive(Debug, Clone)]
+pub struct ClientPolicy {
+    pub trusted: TrustedProxies,
+    pub limits: Arc<AddressLimits>,
+    /// Whether we terminate TLS ourselves.
+    pub own_tls: bool,
+}
+
+/// Works out each request's [`Client`] and puts it in the request's extensions (where the
+/// Socket.IO connect middleware finds it, in the handshake request's parts); refuses Engine.IO
+/// handshakes from addresses over their bounds with 429; marks HTTPS responses with HSTS.
+pub async fn identify(
+    State(policy): State<Arc<ClientPolicy>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // Without the peer's address (a router driven directly, as in tests) there is nobody to
+    // count.
+    let Some(ConnectInfo(peer)) = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .copied()
+    else {
+        return next.run(request).await;
+    };
+    let client = policy
+        .trusted
+        .client(peer.ip(), request.headers(), policy.own_tls);
+    if is_handshake(&request)
+        && let Err(refusal) = policy.limits.admit(client.addr)
+    {
+        crate::metrics::METRICS.address_refused(refusal);
+        tracing::debug!(client = %client.addr, %refusal, "refused a new session");
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, format!("{refusal}\n")).into_response();
+        if let Refusal::Rate(after) = refusal {
+            let secs = after.as_secs() + 1;
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        return response;
+    }
+    request.extensions_mut().insert(client);
+    let mut response = next.run(request).await;
+    if client.https {
+        // Browsers ignore this header over plain HTTP; over HTTPS it keeps them there.
+        response.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    response
+}
+
+/// An Engine.IO request that starts a session: under `/socket.io/`, with a `transport` and
+/// without a `sid`. (The client bundle, `/socket.io/socket.io.js`, is not one.)
+fn is_handshake(request: &Request) -> bool {
+    if !request.uri().path().starts_with("/socket.io/") {
+        return false;
+    }
+    let query = request.uri().query().unwrap_or("");
+    let has = |key: &str| query.split('&').any(|pair| pair.starts_with(key));
+    has("transport=") && !has("sid=")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(list.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_parse_and_contain() {
+        let net: IpNet = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains(ip("10.200.3.4")));
+        assert!(!net.contains(ip("11.0.0.1")));
+        assert!(net.contains(ip("::ffff:10.1.2.3")), "IPv4-mapped IPv6");
+        let one: IpNet = "192.168.1.7".parse().unwrap();
+        assert!(one.contains(ip("192.168.1.7")) && !one.contains(ip("192.168.1.8")));
+        let v6: IpNet = "fd00::/8".parse().unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("8.8.8.8")));
+        for bad in ["", "10.0.0.0/33", "10.0.0/8", "::/129", "x", "10.0.0.0/-1"] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = nets(&["127.0.0.1", "10.0.0.0/8"]);
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.5")]);
+        // From an untrusted peer: the peer, whatever the header says.
+        assert_eq!(trusted.client(ip("8.8.8.8"), &h, false).addr, ip("8.8.8.8"));
+        // From a trusted proxy: the rightmost untrusted hop. 6.6.6.6 was written by the client.
+        assert_eq!(
+            trusted.client(ip("127.0.0.1"), &h, false).addr,
+            ip("1.2.3.4")
+        );
+        // Several header lines count as one list, in order.
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "1.2.3.4:5555"),
+        ]);
+        assert_eq!(
+            trusted.client(ip("10.1.1.1"), &h, false).addr,
+            ip("1.2.3.4")
+        );
+        // An unreadable hop ends the chain at the last readable one.
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, garbage, 10.0.0.9")]);
+        assert_eq!(
+            trusted.client(ip("127.0.0.1"), &h, false).addr,
+            ip("10.0.0.9")
+        );
+        // Bracketed IPv6 with a port; no header at all.
+        let h = headers(&[("x-forwarded-for", "[2001:db8::1]:443")]);
+        assert_eq!(
+            trusted.client(ip("127.0.0.1"), &h, false).addr,
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            trusted
+                .client(ip("127.0.0.1"), &HeaderMap::new(), false)
+                .addr,
+            ip("127.0.0.1")
+        );
+    }
+
+    #[test]
+    fn forwarded_proto_is_believed_only_from_trusted_proxies() {
+        let trusted = nets(&["127.0.0.1"]);
+        let h = headers(&[("x-forwarded-proto", "https")]);
+        assert!(trusted.client(ip("127.0.0.1"), &h, false).https);
+        assert!(!trusted.client(ip("9.9.9.9"), &h, false).https);
+        assert!(trusted.client(ip("9.9.9.9"), &h, true).https, "our own TLS");
+        let h = headers(&[("x-forwarded-proto", "https, http")]);
+        assert!(!trusted.client(ip("127.0.0.1"), &h, true).https);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_and_open_connections_per_address() {
+        let limits = AddressLimits::new(AddressBounds {
+            connect_rate: 2.0,
+            connect_burst: 3,
+            max_open: 2,
+        });
+        let a = ip("1.2.3.4");
+        assert!((0..3).all(|_| limits.admit(a).is_ok()));
+        assert!(matches!(limits.admit(a), Err(Refusal::Rate(_))));
+        assert!(limits.admit(ip("1.2.3.5")).is_ok(), "another address");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(limits.admit(a).is_ok());
+
+        let first = limits.open(a).unwrap();
+        let _second = limits.open(a).unwrap();
+        assert_eq!(limits.open(a).unwrap_err(), Refusal::Open);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            limits.admit(a),
+            Err(Refusal::Open),
+            "the cap holds at handshake"
+        );
+        drop(first);
+        assert!(limits.open(a).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ipv6_counts_per_64_and_idle_entries_are_forgotten() {
+        let limits = AddressLimits::new(AddressBounds {
+            connect_rate: 1.0,
+            connect_burst: 1,
+            max_open: 0,
+        });
+        assert!(limits.admit(ip("2001:db8::1")).is_ok());
+        assert!(limits.admit(ip("2001:db8::2")).is_err(), "same /64");
+        assert!(limits.admit(ip("2001:db8:0:1::1")).is_ok(), "another /64");
+        for i in 0..(MIN_SWEEP as u32 + 10) {
+            let _ = limits.admit(IpAddr::from(std::net::Ipv4Addr::from(i)));
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for i in 0..(MIN_SWEEP as u32) {
+            let _ = limits.admit(IpAddr::from(std::net::Ipv4Addr::from(1 << 24 | i)));
+        }
+        assert!(
+            limits.tracked() < 2 * MIN_SWEEP,
+            "refilled, idle addresses are swept: {}",
+            limits.tracked()
+        );
+    }
+
+    #[test]
+    fn unlimited_bounds_track_nothing() {
+        let limits = AddressLimits::new(AddressBounds {
+            connect_rate: 0.0,
+            connect_burst: 0,
+            max_open: 0,
+        });
+        let a = ip("1.2.3.4");
+        assert!((0..10_000).all(|_| limits.admit(a).is_ok()));
+        let slots: Vec<_> = (0..10_000).map(|_| limits.open(a).unwrap()).collect();
+        assert_eq!(limits.tracked(), 0);
+        drop(slots);
+    }
+}
