@@ -1,7 +1,8 @@
-// Helpers for the scale-out suites: a redis-server and nginx of the test's own (on free ports, in a
-// temporary directory, never the machine's 6379 or /var), the shipped deploy/nginx.conf rewritten
-// only where a test must, an http.Agent that records which instance answered each request, and
-// the "skipped or failed" rule for missing software.
+// Helpers for the scale-out suites: a redis-server, nginx and HAProxy of the test's own (on free
+// ports, in a temporary directory, never the machine's 6379 or /var), the shipped
+// deploy/nginx.conf and deploy/haproxy.cfg rewritten only where a test must, an http.Agent that
+// records which instance answered each request, and the "skipped or failed" rule for missing
+// software.
 //
 // Every process started here is tracked: stopAllProcesses() ends them (after() hooks), and a
 // synchronous exit handler kills whatever is left if the test process ends some other way.
@@ -15,6 +16,7 @@ import path from 'node:path';
 import { repoRoot, sleep } from './harness.mjs';
 
 export const SHIPPED_NGINX_CONF = path.join(repoRoot, 'deploy/nginx.conf');
+export const SHIPPED_HAPROXY_CFG = path.join(repoRoot, 'deploy/haproxy.cfg');
 
 const START_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 5_000;
@@ -239,14 +241,26 @@ export async function waitUntil(
 /**
  * An http.Agent that connects from `localAddress` and records every response it carries: method,
  * path, status, and the instance that answered (from the `X-Upstream` header that the test's
- * nginx adds). WebSocket handshakes (101) are recorded too. Give one to socket.io-client as its
- * `agent`: the records are then the official client's own requests, not a separate probe's.
+ * nginx or HAProxy adds), the address the request really left from, the Cookie header sent and
+ * any Set-Cookie received. WebSocket handshakes (101) are recorded too. Give one to
+ * socket.io-client as its `agent`: the records are then the official client's own requests, not
+ * a separate probe's.
  */
 export class WitnessAgent extends http.Agent {
   constructor(localAddress) {
     super({ localAddress });
     this.localAddress = localAddress;
     this.responses = [];
+  }
+
+  /**
+   * Makes later connections leave from `address` (a client whose address changes mid-session,
+   * like a phone moving from Wi-Fi to mobile data). The agent keeps no idle connections, and it
+   * names its connections by their local address, so the next request opens a new one from there.
+   */
+  moveTo(address) {
+    this.options.localAddress = address;
+    this.localAddress = address;
   }
 
   addRequest(req, options) {
@@ -260,6 +274,9 @@ export class WitnessAgent extends http.Agent {
         status: res.statusCode,
         upstream: tried.at(-1) ?? null,
         tried,
+        local: req.socket?.localAddress ?? null,
+        cookie: req.getHeader('cookie') ?? null,
+        setCookie: res.headers['set-cookie'] ?? null,
       });
     };
     req.once('response', record);
@@ -314,14 +331,24 @@ export async function startRedis(redisServer) {
 // ---------------------------------------------------------------------------------------------
 // nginx
 
-/** Replaces what `pattern` matches exactly `times` times, or throws naming the config's change. */
-function replaceExactly(text, pattern, replacement, times, what) {
+/**
+ * Replaces what `pattern` matches exactly `times` times, or throws naming the config's change
+ * (`shipped`: which config, `rewriter`: the function to update).
+ */
+function replaceExactly(
+  text,
+  pattern,
+  replacement,
+  times,
+  what,
+  { shipped = 'deploy/nginx.conf', rewriter = 'rewriteNginxConf()' } = {},
+) {
   const found = text.match(new RegExp(pattern.source, pattern.flags.includes('g') ? pattern.flags : `${pattern.flags}g`));
   const count = found ? found.length : 0;
   if (count !== times) {
     throw new Error(
-      `deploy/nginx.conf: expected ${times} × ${what} (${pattern}), found ${count}. ` +
-        'The shipped config changed shape: update rewriteNginxConf() in tests/js/cluster-harness.mjs.',
+      `${shipped}: expected ${times} × ${what} (${pattern}), found ${count}. ` +
+        `The shipped config changed shape: update ${rewriter} in tests/js/cluster-harness.mjs.`,
     );
   }
   return text.replace(pattern, replacement);
@@ -410,4 +437,117 @@ export async function startNginx(nginxBin, { upstreamPorts, sticky = true, label
     giveUp: () => (p.running ? null : `${label} exited`),
   });
   return { url, dir, conf, stop: () => p.stop(), errorLog, proc: p };
+}
+
+// ---------------------------------------------------------------------------------------------
+// HAProxy
+
+/**
+ * The shipped deploy/haproxy.cfg, rewritten only for a test run:
+ * - the three placeholder instances (127.0.0.1:3001..3003) become `upstreamPorts`;
+ * - `bind :8080` becomes 127.0.0.1:`listenPort`;
+ * - a stats socket in `dir` (global section), through which a test reads each instance's state as
+ *   HAProxy's health checks see it (haproxyStats()); at level `operator`, since `user` hides the
+ *   instances' addresses;
+ * - `X-Upstream: <address>:<port>` of the instance that answered is added to every response, so a
+ *   test can see which instance served each request (the shipped config does not reveal that to
+ *   clients, except through the SERVERID cookie's value).
+ * Everything else (stickiness, health checks, timeouts, headers, limits, logging on stdout) is the
+ * shipped text, unchanged.
+ */
+export function rewriteHaproxyCfg(text, { upstreamPorts, listenPort, dir }) {
+  if (upstreamPorts.length !== 3) throw new Error('rewriteHaproxyCfg needs three upstream ports');
+  const where = { shipped: 'deploy/haproxy.cfg', rewriter: 'rewriteHaproxyCfg()' };
+  let cfg = text;
+  let n = 0;
+  cfg = replaceExactly(
+    cfg,
+    /^(\s*server\s+\S+\s+)127\.0\.0\.1:300[123]\b/gm,
+    (_, head) => `${head}127.0.0.1:${upstreamPorts[n++]}`,
+    3,
+    'placeholder instance lines "server <name> 127.0.0.1:300N"',
+    where,
+  );
+  cfg = replaceExactly(cfg, /^(\s*bind\s+):8080$/m, `$1127.0.0.1:${listenPort}`, 1, '"bind :8080"', where);
+  cfg = replaceExactly(cfg, /^global$/m, `global\n    stats socket ${dir}/admin.sock mode 600 level operator`, 1, '"global"', where);
+  cfg = replaceExactly(
+    cfg,
+    /^backend banter$/m,
+    'backend banter\n    http-response set-header X-Upstream "%si:%sp"',
+    1,
+    '"backend banter"',
+    where,
+  );
+  return cfg;
+}
+
+/**
+ * One command on HAProxy's stats socket (`show stat`, `show servers state`...): resolves with the
+ * whole answer (HAProxy closes the connection after a single command).
+ */
+export function haproxyCommand(socketPath, command, timeoutMs = 5000) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ path: socketPath });
+    let data = '';
+    sock.setEncoding('utf8');
+    sock.setTimeout(timeoutMs, () => sock.destroy(new Error(`"${command}" on ${socketPath}: no answer in ${timeoutMs} ms`)));
+    sock.on('connect', () => sock.write(`${command}\n`));
+    sock.on('data', (chunk) => {
+      data += chunk;
+    });
+    sock.on('end', () => resolve(data));
+    sock.on('error', reject);
+  });
+}
+
+/**
+ * HAProxy's `show stat` as objects, one per line (frontend, backend, each server), keyed by the
+ * CSV header's names: `pxname`, `svname`, `status` (UP, DOWN, "DOWN 1/2" while going down...),
+ * `check_status` (L7OK: the HTTP check got the expected status; L4CON: connection refused...).
+ */
+export async function haproxyStats(socketPath) {
+  const text = await haproxyCommand(socketPath, 'show stat');
+  const lines = text.split('\n').filter((line) => line.trim() !== '');
+  if (lines.length === 0 || !lines[0].startsWith('# ')) throw new Error(`unexpected "show stat" answer: ${text.slice(0, 200)}`);
+  const names = lines[0].slice(2).split(',');
+  return lines.slice(1).map((line) => Object.fromEntries(line.split(',').map((value, i) => [names[i], value])));
+}
+
+/**
+ * Runs HAProxy with the shipped config rewritten by rewriteHaproxyCfg() (see there), in a temp
+ * directory, in the foreground. Resolves once /healthz answers through it:
+ * {url, dir, cfg, stats(), server(name), stop(), output()}.
+ */
+export async function startHaproxy(haproxyBin, { upstreamPorts, label = 'haproxy' }) {
+  const dir = tempDir('banter-haproxy-');
+  const listenPort = await freePort();
+  const cfg = rewriteHaproxyCfg(readFileSync(SHIPPED_HAPROXY_CFG, 'utf8'), { upstreamPorts, listenPort, dir });
+  const cfgPath = path.join(dir, 'haproxy.cfg');
+  writeFileSync(cfgPath, cfg);
+  const socketPath = path.join(dir, 'admin.sock');
+  // -db: stay in the foreground (the shipped config sets no `daemon`, this makes it explicit).
+  // SIGTERM is HAProxy's immediate stop; SIGUSR1 would wait for open long-polls and WebSockets.
+  const p = spawnTracked(label, haproxyBin, ['-db', '-f', cfgPath], { stopSignal: 'SIGTERM' });
+  const url = `http://127.0.0.1:${listenPort}`;
+  await waitUntil(`${label} serves /healthz on ${url}`, async () => (await httpRequest(`${url}/healthz`)).status === 200, {
+    details: () => `--- ${label} output ---\n${p.output()}`,
+    giveUp: () => (p.running ? null : `${label} exited`),
+  });
+  const stats = () => haproxyStats(socketPath);
+  return {
+    url,
+    dir,
+    cfg,
+    socketPath,
+    stats,
+    /** The `show stat` line of one server of `backend banter` (banter1, banter2, banter3). */
+    async server(name) {
+      const line = (await stats()).find((l) => l.pxname === 'banter' && l.svname === name);
+      if (!line) throw new Error(`no server ${name} in HAProxy's backend banter`);
+      return line;
+    },
+    stop: () => p.stop(),
+    output: () => p.output(),
+    proc: p,
+  };
 }
