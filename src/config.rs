@@ -99,6 +99,13 @@ pub struct Config {
     #[arg(long, env = "BANTER_RECONNECT_GRACE_MS", default_value_t = 10_000)]
     pub reconnect_grace_ms: u64,
 
+    /// During a storm of joins or leaves (many people within moments, as when an instance
+    /// restarts and its clients all reconnect), announce them together once per this many
+    /// milliseconds instead of one `user joined` / `user left` each to everyone (N² events). A
+    /// change after a quiet moment is announced at once, as in the classic chat. 0: never coalesce.
+    #[arg(long, env = "BANTER_ANNOUNCE_WINDOW_MS", default_value_t = 250)]
+    pub announce_window_ms: u64,
+
     /// On SIGTERM or Ctrl-C, how long to wait for connections to close before exiting anyway,
     /// in milliseconds.
     #[arg(long, env = "BANTER_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
@@ -270,6 +277,10 @@ impl Config {
 
     pub fn reconnect_grace(&self) -> Duration {
         Duration::from_millis(self.reconnect_grace_ms)
+    }
+
+    pub fn announce_window(&self) -> Duration {
+        Duration::from_millis(self.announce_window_ms)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

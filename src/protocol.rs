@@ -80,7 +80,16 @@ pub struct Login<'a> {
 pub struct UserChange<'a> {
     pub username: &'a str,
     pub num_users: usize,
+    /// Coalesced announcements only: how many people joined (or left) in this one event...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    /// ...and their names, oldest first, at most `MAX_ANNOUNCED_NAMES` (the latest ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usernames: Option<Vec<&'a str>>,
 }
+
+/// The most names a coalesced `user joined` / `user left` lists; `count` says how many there were.
+pub const MAX_ANNOUNCED_NAMES: usize = 50;
 
 /// `typing` and `stop typing`.
 #[derive(Debug, Clone, Serialize)]

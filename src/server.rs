@@ -19,7 +19,7 @@ use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
-use crate::chat::{History, LOBBY, MemoryHistory, MemoryPresence, Presence};
+use crate::chat::{Announcer, History, LOBBY, MemoryHistory, MemoryPresence, Presence};
 use crate::clients::{self, AddressLimits};
 use crate::cluster::{self, RedisStore, ResilientDriver};
 use crate::config::{Config, Transport};
@@ -169,6 +169,7 @@ fn context(config: &Config, presence: Arc<dyn Presence>, history: Arc<dyn Histor
         }),
         message_order: Arc::new(tokio::sync::Mutex::new(())),
         clients: AddressLimits::new(config.address_bounds()),
+        announcer: Arc::new(Announcer::new(config.announce_window())),
     }
 }
 

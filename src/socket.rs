@@ -20,13 +20,15 @@ use socketioxide::handler::FromMessageParts;
 use socketioxide::socket::{DisconnectReason, Socket};
 
 use crate::chat::{
-    ChatError, ErrorCode, History, Joined, LOBBY, Limits, Presence, StoredMessage, TokenBucket,
+    Announcer, Batch, Change, ChangeKind, ChatError, ErrorCode, History, Joined, LOBBY, Limits,
+    Offer, Presence, StoredMessage, TokenBucket,
 };
 use crate::chat::{JoinRequest, Left, now_millis};
 use crate::clients::{AddressLimits, Client, OpenSlot, Refusal as AddressRefusal};
 use crate::metrics::{self, METRICS};
 use crate::protocol::{
-    AddUser, Auth, Login, MessageAck, Refusal, Typing, UserChange, UserList, inbound, outbound,
+    AddUser, Auth, Login, MAX_ANNOUNCED_NAMES, MessageAck, Refusal, Typing, UserChange, UserList,
+    inbound, outbound,
 };
 
 /// Longest session token accepted in the handshake; real ones are 32 characters.
@@ -59,6 +61,8 @@ pub struct ChatContext {
     pub message_order: Arc<tokio::sync::Mutex<()>>,
     /// The per-address bounds on connections.
     pub clients: Arc<AddressLimits>,
+    /// Coalesces `user joined` / `user left` during storms.
+    pub announcer: Arc<Announcer>,
 }
 
 /// The state of one connection, kept in the socket's extensions.
@@ -335,7 +339,7 @@ async fn add_user<A: Adapter>(
             METRICS.joined();
             conn.finish_join(Some(member));
             reply.ok(&login);
-            announce_join(&socket, &joined).await;
+            announce_join(&ctx, &io, &socket, &joined).await;
         }
         Err(err) => {
             conn.finish_join(None);
@@ -415,15 +419,83 @@ async fn join<A: Adapter>(
     Ok((member, joined, login))
 }
 
-async fn announce_join<A: Adapter>(socket: &SocketRef<A>, joined: &Joined) {
+async fn announce_join<A: Adapter>(
+    ctx: &ChatContext,
+    io: &SocketIo<A>,
+    socket: &SocketRef<A>,
+    joined: &Joined,
+) {
     if joined.resumed {
         return;
     }
-    let change = UserChange {
-        username: &joined.username,
+    let change = Change {
+        kind: ChangeKind::Joined,
+        username: joined.username.clone(),
         num_users: joined.num_users,
+        sid: Some(socket.id.to_string()),
     };
-    broadcast(socket.to(LOBBY), outbound::USER_JOINED, &change).await;
+    announce(ctx, io, change).await;
+}
+
+/// Announces a join or leave now, or, during a storm, with the others of its window (see
+/// `chat::Announcer`).
+async fn announce<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, change: Change) {
+    match ctx.announcer.offer(change) {
+        Offer::Queued => {}
+        Offer::Now(batch) => send_announcement(ctx, io, &batch).await,
+        Offer::OpensWindow => {
+            let ctx = ctx.clone();
+            let io = io.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ctx.announcer.window()).await;
+                    let batches = ctx.announcer.flush();
+                    if batches.is_empty() {
+                        break;
+                    }
+                    for batch in &batches {
+                        send_announcement(&ctx, &io, batch).await;
+                    }
+                }
+            });
+        }
+    }
+}
+
+async fn send_announcement<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, batch: &Batch) {
+    let latest = batch.latest();
+    // The count now rather than at the change: someone who joined since has a `login` with the
+    // newer count, and an older one arriving after it would set their page back. (A
+    // batch's runs of one kind go out in order; a later run may already be counted here.)
+    let num_users = match ctx.presence.count(LOBBY).await {
+        Ok(count) => count,
+        Err(_) => latest.num_users,
+    };
+    let coalesced = batch.changes.len() > 1;
+    let names = coalesced.then(|| {
+        let skip = batch.changes.len().saturating_sub(MAX_ANNOUNCED_NAMES);
+        batch.changes[skip..]
+            .iter()
+            .map(|c| c.username.as_str())
+            .collect()
+    });
+    let payload = UserChange {
+        username: &latest.username,
+        num_users,
+        count: coalesced.then_some(batch.changes.len()),
+        usernames: names,
+    };
+    let event = match batch.kind {
+        ChangeKind::Joined => outbound::USER_JOINED,
+        ChangeKind::Left => outbound::USER_LEFT,
+    };
+    // The named joiner learnt of its own join from `login`; the others in a coalesced event
+    // joined before it and need to hear of it (and of each other).
+    let to = match &latest.sid {
+        Some(sid) => io.to(LOBBY).except(conn_room(sid)),
+        None => io.to(LOBBY),
+    };
+    broadcast(to, event, &payload).await;
 }
 
 /// Closes the socket that held a person until another socket presented its session. It may be
@@ -602,7 +674,7 @@ async fn on_disconnect<A: Adapter>(
     );
     if on_purpose {
         match ctx.presence.leave(member.room, &sid).await {
-            Ok(Some(left)) => announce_left(&io, member.room, &left).await,
+            Ok(Some(left)) => announce_left(&ctx, &io, &left).await,
             Ok(None) => {}
             Err(err) => tracing::warn!(%err, "could not remove a user who left"),
         }
@@ -622,20 +694,22 @@ pub async fn reap<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>) {
     match ctx.presence.reap(room, now_millis()).await {
         Ok(left) => {
             for person in &left {
-                announce_left(io, room, person).await;
+                announce_left(ctx, io, person).await;
             }
         }
         Err(err) => tracing::warn!(%err, "could not end grace periods"),
     }
 }
 
-async fn announce_left<A: Adapter>(io: &SocketIo<A>, room: &'static str, left: &Left) {
+async fn announce_left<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, left: &Left) {
     tracing::info!(users = left.num_users, "user left");
-    let change = UserChange {
-        username: &left.username,
+    let change = Change {
+        kind: ChangeKind::Left,
+        username: left.username.clone(),
         num_users: left.num_users,
+        sid: None,
     };
-    broadcast(io.to(room), outbound::USER_LEFT, &change).await;
+    announce(ctx, io, change).await;
 }
 
 /// Delivers a message that the store published, to this instance's sockets in the room except

@@ -382,3 +382,88 @@ async fn events_from_one_socket_are_handled_in_order() -> Result<()> {
     }
     Ok(())
 }
+
+/// Joins `n` clients at once and returns them with the `user joined` events an observer, who
+/// joined before them, received until every one of them was announced.
+async fn join_storm(server: &TestServer, n: usize) -> Result<(Vec<TestClient>, Vec<Value>)> {
+    let mut observer = TestClient::connect(server, TransportType::Websocket).await?;
+    observer.join("observer").await?;
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        clients.push(TestClient::connect(server, TransportType::Websocket).await?);
+    }
+    let joins = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.call("add user", json!(format!("storm{i}"))));
+    for login in futures::future::join_all(joins).await {
+        assert!(login?["username"].is_string());
+    }
+    let mut events = Vec::new();
+    let mut announced = 0;
+    while announced < n {
+        let event = observer.expect("user joined").await?;
+        announced += event["count"].as_u64().unwrap_or(1) as usize;
+        events.push(event);
+    }
+    observer.expect_none("user joined").await?;
+    // The last announcement carries the count of everyone.
+    assert_eq!(events.last().unwrap()["numUsers"], n + 1);
+    clients.push(observer);
+    Ok((clients, events))
+}
+
+#[tokio::test]
+async fn a_join_storm_is_announced_in_a_few_gathered_events() -> Result<()> {
+    let server = TestServer::start().await?;
+    let n = 60;
+    let (clients, events) = join_storm(&server, n).await?;
+    // Gathered: far fewer events than joins, each a classic `user joined` (a name and the
+    // count) plus `count` and `usernames` when it stands for several people.
+    assert!(
+        events.len() < n / 2,
+        "{} events for {n} joins",
+        events.len()
+    );
+    let mut names = Vec::new();
+    let mut last_count = 0;
+    for event in &events {
+        let count = event["count"].as_u64().unwrap_or(1) as usize;
+        let listed: Vec<String> = match event["usernames"].as_array() {
+            Some(list) => list
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect(),
+            None => vec![event["username"].as_str().unwrap().to_owned()],
+        };
+        assert_eq!(listed.len(), count, "{event}");
+        assert_eq!(listed.last().unwrap(), event["username"].as_str().unwrap());
+        let num_users = event["numUsers"].as_u64().unwrap() as usize;
+        assert!(num_users >= last_count, "counts never go back: {events:?}");
+        last_count = num_users;
+        names.extend(listed);
+    }
+    names.sort();
+    let mut expected: Vec<String> = (0..n).map(|i| format!("storm{i}")).collect();
+    expected.sort();
+    assert_eq!(names, expected, "every joiner announced exactly once");
+    for c in clients {
+        c.disconnect().await?;
+    }
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn with_a_zero_window_every_join_is_announced_alone() -> Result<()> {
+    let server = TestServer::with_args(&["--announce-window-ms", "0"]).await?;
+    let n = 12;
+    let (clients, events) = join_storm(&server, n).await?;
+    assert_eq!(events.len(), n);
+    for event in &events {
+        assert!(event.get("count").is_none() && event.get("usernames").is_none());
+    }
+    for c in clients {
+        c.disconnect().await?;
+    }
+    server.shutdown().await
+}

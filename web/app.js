@@ -457,22 +457,46 @@ function connect() {
     if (!state.joined) state.early.push(msg);
     else receiveMessage(msg);
   });
-  socket.on("user joined", (data) => {
-    if (typeof data?.username !== "string") return;
-    addUser(data.username);
-    setCount(data.numUsers);
-    notice(`${data.username} joined`);
-  });
-  socket.on("user left", (data) => {
-    if (typeof data?.username !== "string") return;
-    removeUser(data.username);
-    typerStopped(data.username);
-    setCount(data.numUsers);
-    notice(`${data.username} left`);
-  });
+  socket.on("user joined", (data) => onUserChange(socket, data, "joined"));
+  socket.on("user left", (data) => onUserChange(socket, data, "left"));
   socket.on("typing", (data) => typerStarted(data?.username));
   socket.on("stop typing", (data) => typerStopped(data?.username));
   socket.on("error message", onErrorMessage);
+}
+
+// `user joined` / `user left`. During a storm (many people joining or leaving at once) the server
+// announces them together: `usernames` lists them (the latest 50) and `count` says how many.
+function onUserChange(socket, data, what) {
+  if (typeof data?.username !== "string") return;
+  const listed = Array.isArray(data.usernames)
+    ? data.usernames.filter((n) => typeof n === "string")
+    : [];
+  const names = listed.length ? listed : [data.username];
+  const count = Number.isInteger(data.count) && data.count > names.length ? data.count : names.length;
+  for (const name of names) {
+    if (what === "joined") addUser(name);
+    else {
+      removeUser(name);
+      typerStopped(name);
+    }
+  }
+  setCount(data.numUsers);
+  notice(`${describeNames(names, count)} ${what}`);
+  // More people than the event names: ask for the whole list rather than show a partial one.
+  if (count > names.length) {
+    socket.emit("list users", (reply) => {
+      if (Array.isArray(reply?.users)) setUsers(reply.users);
+    });
+  }
+}
+
+// "alice", "alice and bob", "alice, bob and carol", "alice, bob and 12 others".
+function describeNames(names, count) {
+  if (count === 1) return names[0];
+  if (count === 2 && names.length === 2) return `${names[0]} and ${names[1]}`;
+  if (count === 3 && names.length === 3) return `${names[0]}, ${names[1]} and ${names[2]}`;
+  const shown = names.slice(-2);
+  return `${shown.join(", ")} and ${count - shown.length} others`;
 }
 
 function teardown() {

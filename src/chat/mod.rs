@@ -4,12 +4,14 @@
 //! `crate::socket` for those). The storage traits (`Presence`, `History`) are the seam where the
 //! in-process default and a cluster-wide (Redis) implementation plug in.
 
+mod announce;
 mod error;
 mod history;
 mod limits;
 mod presence;
 mod rate;
 
+pub use announce::{Announcer, Batch, Change, ChangeKind, Offer};
 pub use error::{ChatError, ErrorCode};
 pub use history::{
     Appended, History, HistoryPage, IDS_PER_MILLI, MemoryHistory, StoredMessage, next_id,

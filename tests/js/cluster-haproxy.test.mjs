@@ -429,13 +429,13 @@ if (missing.length > 0) {
       // Everyone already there heard of each later joiner, with the cluster-wide count.
       // Not asserted here: Banter acks `add user` (the login) before it broadcasts `user joined`,
       // so a client that joins in between, on any instance, may also receive the announcement of
-      // the person who joined just before it, with that person's (lower) count, although its own
-      // login already listed them. That is a race in the server, not in the balancer (reported;
-      // see the commit message), so such announcements are set apart and shown as a diagnostic.
+      // the person who joined just before it, although its own login already listed them. (Its
+      // `numUsers` is the count when it is sent, so it never sets the receiver's count back;
+      // docs/protocol.md.) Such announcements are set apart and shown as a diagnostic.
       const raced = [];
       for (const [i, c] of clients.entries()) {
         const expected = clients.slice(i + 1).map((later, k) => ({ username: later.name, numUsers: i + k + 2 }));
-        const isEarlier = (d) => c.login.users.includes(d.username) && d.numUsers < c.login.numUsers;
+        const isEarlier = (d) => c.login.users.includes(d.username) && d.numUsers >= c.login.numUsers;
         await waitUntil(`${c.name} heard of the ${expected.length} later joiners`, () =>
           c.joined.filter((d) => !isEarlier(d)).length >= expected.length,
         { timeoutMs: 5000, details: () => JSON.stringify(c.joined) });
