@@ -119,16 +119,18 @@ impl TrustedProxies {
             };
         }
         let mut addr = peer;
+        // Split as bytes, not as text: a client may send bytes that are not ASCII (HTTP allows
+        // them), and a proxy appends its entries to the line the client sent, so refusing the
+        // whole line would hide the entries the proxies wrote.
         let hops = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
             .collect::<Vec<_>>();
         for hop in hops.iter().rev() {
             // An entry we cannot read ends the chain: we cannot tell who wrote what is left of it,
             // so the last hop we could read stands for the client.
-            let Some(ip) = parse_hop(hop) else {
+            let Some(ip) = std::str::from_utf8(hop).ok().and_then(parse_hop) else {
                 break;
             };
             addr = ip;
@@ -136,13 +138,15 @@ impl TrustedProxies {
                 break;
             }
         }
-        // The scheme the last proxy saw: the one that terminated TLS, closest to us.
+        // The scheme the last proxy saw: the one that terminated TLS, closest to us. Several
+        // header lines are one list (RFC 9110), so that is the last entry of the last line.
         let https = match headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
+            .get_all("x-forwarded-proto")
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
         {
-            Some(proto) => proto.trim().eq_ignore_ascii_case("https"),
+            Some(proto) => proto.trim_ascii().eq_ignore_ascii_case(b"https"),
             None => own_tls,
         };
         Client { addr, https }
@@ -493,6 +497,34 @@ mod tests {
         assert!(trusted.client(ip("9.9.9.9"), &h, true).https, "our own TLS");
         let h = headers(&[("x-forwarded-proto", "https, http")]);
         assert!(!trusted.client(ip("127.0.0.1"), &h, true).https);
+        // Several lines are one list: the client's own line comes first, the proxy's last.
+        let h = headers(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        assert!(!trusted.client(ip("127.0.0.1"), &h, false).https);
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-proto",
+            HeaderValue::from_bytes(b"\x80").unwrap(),
+        );
+        h.append("x-forwarded-proto", HeaderValue::from_static("http"));
+        assert!(!trusted.client(ip("127.0.0.1"), &h, true).https);
+    }
+
+    /// Found by `tests/properties.rs`: bytes that are not ASCII, which a client may send and nginx
+    /// passes on, once made the whole line unreadable, and with it the address nginx appended
+    /// (`$proxy_add_x_forwarded_for`): every such client then counted as the proxy itself.
+    #[test]
+    fn a_client_cannot_hide_the_proxys_entry_with_bytes_that_are_not_ascii() {
+        let trusted = nets(&["127.0.0.1"]);
+        let mut h = HeaderMap::new();
+        let line = HeaderValue::from_bytes(b"\xff\x80 6.6.6.6, 203.0.113.5").unwrap();
+        h.append("x-forwarded-for", line);
+        assert_eq!(
+            trusted.client(ip("127.0.0.1"), &h, false).addr,
+            ip("203.0.113.5")
+        );
     }
 
     #[tokio::test(start_paused = true)]
