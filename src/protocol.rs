@@ -53,10 +53,27 @@ impl AddUser {
 }
 
 /// The handshake `auth` object: the session token of a reconnecting client, if any.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Auth {
-    #[serde(default)]
     pub session: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Auth {
+    /// Only a JSON object: serde's derive would also read the struct from an array
+    /// (`["token"]`), which is not the documented shape.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(default)]
+            session: Option<String>,
+        }
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let fields: Fields = serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(serde::de::Error::custom)?;
+        Ok(Self {
+            session: fields.session,
+        })
+    }
 }
 
 /// `login`, and the ack of `add user`.

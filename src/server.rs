@@ -309,11 +309,14 @@ async fn serve<A: Adapter>(
         {
             tracing::warn!(%err, "could not tell Redis that this instance is leaving");
         }
+        // The background duties (heartbeat, delivery of published messages, grace periods)
+        // end before the namespace is closed: they would otherwise act on a closed one.
+        // Clients that miss a message now recover it with `lastId` where they reconnect.
+        background.abort();
         io.close().await;
         serving.await
     };
     let drained = tokio::time::timeout(config.shutdown_timeout(), drain).await;
-    background.abort();
     match drained {
         Ok(result) => result
             .context("the server task failed")?

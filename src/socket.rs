@@ -17,6 +17,7 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, Extension, SocketRef, State, TryData};
 use socketioxide::handler::FromMessageParts;
+use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::{DisconnectReason, Socket};
 
 use crate::chat::{
@@ -491,9 +492,12 @@ async fn send_announcement<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, batc
     };
     // The named joiner learnt of its own join from `login`; the others in a coalesced event
     // joined before it and need to hear of it (and of each other).
+    let Some(ns) = namespace(io) else {
+        return;
+    };
     let to = match &latest.sid {
-        Some(sid) => io.to(LOBBY).except(conn_room(sid)),
-        None => io.to(LOBBY),
+        Some(sid) => ns.to(LOBBY).except(conn_room(sid)),
+        None => ns.to(LOBBY),
     };
     broadcast(to, event, &payload).await;
 }
@@ -506,10 +510,20 @@ async fn replace_socket<A: Adapter>(io: &SocketIo<A>, old: &str) {
         ErrorCode::Replaced,
         "you joined again from another connection; this one is closed",
     );
-    broadcast(io.to(conn_room(old)), outbound::ERROR_MESSAGE, &err).await;
-    if let Err(err) = io.to(conn_room(old)).disconnect().await {
+    let Some(ns) = namespace(io) else {
+        return;
+    };
+    broadcast(ns.clone().to(conn_room(old)), outbound::ERROR_MESSAGE, &err).await;
+    if let Err(err) = ns.to(conn_room(old)).disconnect().await {
         tracing::debug!(%err, "could not disconnect a replaced socket");
     }
+}
+
+/// The chat's namespace, or `None` once shutdown has closed it. (socketioxide's shortcuts,
+/// `io.to()`, `io.local()`, `io.sockets()`, panic when the default namespace is gone, and
+/// announcements, deliveries and disconnect handlers can still run while the server drains.)
+fn namespace<A: Adapter>(io: &SocketIo<A>) -> Option<BroadcastOperators<A>> {
+    io.of("/")
 }
 
 /// The room that holds only the connection `sid`.
@@ -720,7 +734,10 @@ pub async fn deliver_published<A: Adapter>(
     sender: &str,
     message: &StoredMessage,
 ) {
-    let to = io.local().to(room.to_owned()).except(conn_room(sender));
+    let Some(ns) = namespace(io) else {
+        return;
+    };
+    let to = ns.local().to(room.to_owned()).except(conn_room(sender));
     broadcast(to, outbound::NEW_MESSAGE, message).await;
 }
 
@@ -734,7 +751,10 @@ pub struct LocalMember {
 
 /// The people this instance's sockets hold, to put back into a store that lost them.
 pub fn local_members<A: Adapter>(io: &SocketIo<A>) -> Vec<LocalMember> {
-    io.sockets()
+    let Some(ns) = namespace(io) else {
+        return Vec::new();
+    };
+    ns.sockets()
         .into_iter()
         .filter_map(|socket| {
             let conn = socket.extensions.get::<Arc<Conn>>()?;
