@@ -106,6 +106,11 @@ pub struct Config {
     #[arg(long, env = "BANTER_ANNOUNCE_WINDOW_MS", default_value_t = 250)]
     pub announce_window_ms: u64,
 
+    /// How long a connection may take to send each HTTP request head, in milliseconds; then it is
+    /// closed. Bounds connections that open and send nothing, or half a request.
+    #[arg(long, env = "BANTER_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
     /// On SIGTERM or Ctrl-C, how long to wait for connections to close before exiting anyway,
     /// in milliseconds.
     #[arg(long, env = "BANTER_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
@@ -209,6 +214,9 @@ impl Config {
         if self.message_burst == 0 {
             bail!("--message-burst must be at least 1");
         }
+        if self.header_timeout_ms == 0 {
+            bail!("--header-timeout-ms must be positive");
+        }
         if self.ping_interval_ms == 0 || self.ping_timeout_ms == 0 {
             bail!("--ping-interval-ms and --ping-timeout-ms must be positive");
         }
@@ -281,6 +289,10 @@ impl Config {
 
     pub fn announce_window(&self) -> Duration {
         Duration::from_millis(self.announce_window_ms)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

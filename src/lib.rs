@@ -10,6 +10,7 @@ pub mod config;
 pub mod guard;
 pub mod metrics;
 pub mod protocol;
+pub mod serve;
 pub mod server;
 pub mod shutdown;
 pub mod socket;

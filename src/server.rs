@@ -3,7 +3,6 @@
 //! URL is set. Everything else is the same code, generic over the adapter.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use axum::serve::ListenerExt;
 use futures::StreamExt;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::handler::ConnectHandler;
-use socketioxide::{SocketIo, SocketIoBuilder, TransportType};
+use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder, TransportType};
 use socketioxide_redis::drivers::Driver;
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
@@ -173,6 +172,9 @@ fn context(config: &Config, presence: Arc<dyn Presence>, history: Arc<dyn Histor
     }
 }
 
+/// Binary attachments one packet may announce (the chat sends none).
+const MAX_ATTACHMENTS: usize = 10;
+
 /// The Socket.IO settings shared by both adapters.
 fn socket_io(config: &Config) -> SocketIoBuilder {
     // Validated: fits in usize.
@@ -186,7 +188,19 @@ fn socket_io(config: &Config) -> SocketIoBuilder {
         .max_buffer_size(config.max_buffer_packets)
         // The Engine.IO max payload only governs polling; WebSocket frames have their own caps.
         .ws_max_message_size(max_payload)
-        .ws_max_frame_size(max_payload);
+        .ws_max_frame_size(max_payload)
+        // The chat uses no binary attachments. socketioxide's defaults (10 MB, 10,000
+        // attachments, held up to a minute) let one connection park 10 MB of pending
+        // attachments (the hostile-client suite measured 80 MiB for 8 connections).
+        .with_parser(
+            ParserConfig::common()
+                .max_incoming_binary_buf_size(max_payload)
+                .max_incoming_binaries(MAX_ATTACHMENTS)
+                .packet_completion_timeout(config.ping_timeout()),
+        )
+        // A session that never connects to the namespace is dropped as soon as one that stops
+        // answering the heartbeat would be (45 s by default, as in Node), not later.
+        .connect_timeout(config.ping_interval() + config.ping_timeout());
     match transports(config) {
         (true, false) => builder.transports([TransportType::Polling]),
         (false, true) => builder.transports([TransportType::Websocket]),
@@ -262,18 +276,18 @@ async fn serve<A: Adapter>(
     let stopped = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
+    let header_timeout = config.header_timeout();
     let mut serving = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = crate::tls::server_config(cert, key)?;
-            // (An empty tap: axum provides the peer address as ConnectInfo for tapped listeners.
-            // TlsListener sets TCP_NODELAY itself, before the TLS handshake.)
-            let listener = crate::tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
-            let serve = axum::serve(
+            // TlsListener sets TCP_NODELAY itself, before the TLS handshake.
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            tokio::spawn(crate::serve::serve(
                 listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopped);
-            tokio::spawn(serve.into_future())
+                router,
+                header_timeout,
+                stopped,
+            ))
         }
         _ => {
             // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm
@@ -283,19 +297,20 @@ async fn serve<A: Adapter>(
                     tracing::debug!(%err, "could not set TCP_NODELAY");
                 }
             });
-            let serve = axum::serve(
+            tokio::spawn(crate::serve::serve(
                 listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopped);
-            tokio::spawn(serve.into_future())
+                router,
+                header_timeout,
+                stopped,
+            ))
         }
     };
 
     tokio::select! {
         result = &mut serving => {
             background.abort();
-            return result.context("the server task failed")?.context("the server failed");
+            result.context("the server task failed")?;
+            anyhow::bail!("the server stopped accepting connections");
         }
         () = shutdown => {}
     }
@@ -318,9 +333,7 @@ async fn serve<A: Adapter>(
     };
     let drained = tokio::time::timeout(config.shutdown_timeout(), drain).await;
     match drained {
-        Ok(result) => result
-            .context("the server task failed")?
-            .context("the server failed")?,
+        Ok(result) => result.context("the server task failed")?,
         Err(_) => tracing::warn!(
             timeout_ms = config.shutdown_timeout_ms,
             "connections still open after the shutdown timeout; exiting anyway"

@@ -172,3 +172,33 @@ async fn metrics_count_connections_joins_messages_and_refusals() -> Result<()> {
     assert!(text.contains("# TYPE banter_message_seconds histogram"));
     Ok(())
 }
+
+#[tokio::test]
+async fn connections_that_send_no_request_head_are_closed() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::with_args(&["--header-timeout-ms", "300"]).await?;
+    let silent = tokio::net::TcpStream::connect(server.addr).await?;
+    let mut partial = tokio::net::TcpStream::connect(server.addr).await?;
+    partial
+        .write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    for (label, mut stream) in [("silent", silent), ("half a head", partial)] {
+        let mut buf = Vec::new();
+        // The server closes the connection (perhaps after a 408): the read ends. Without the
+        // timeout it would wait for ever; 10 s is only this test's own bound.
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut buf),
+        )
+        .await;
+        assert!(read.is_ok(), "{label}: still open");
+    }
+    // A well-behaved client is unaffected, also on a kept-alive connection used slowly.
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let res = http.get(format!("{}/healthz", server.url)).send().await?;
+        assert_eq!(res.status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    server.shutdown().await
+}

@@ -1,0 +1,93 @@
+//! The HTTP server loop: accepts connections, serves each with hyper (HTTP/1.1, with upgrades to
+//! WebSocket), and stops gracefully.
+//!
+//! `axum::serve` would do, except that it cannot be given a timer, so hyper applies no
+//! header-read timeout: a client that opens a TCP connection and sends nothing, or half a
+//! request, holds a task and a file descriptor for as long as it likes. Here every connection has
+//! `header_timeout` to deliver each request head (the first, and each next one on a kept-alive
+//! connection, counted from when the server starts waiting for it); then hyper closes it.
+//! Upgraded connections (WebSocket) are the engine's, with its own heartbeat.
+//!
+//! HTTP/1.1 only, as Socket.IO clients use it (and our TLS offers only `http/1.1` by ALPN).
+//! hyper-util's auto (HTTP/1 or 2) builder would not do: it first waits, without a timeout, for
+//! enough bytes to tell the versions apart, so a silent connection would never time out.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// Serves `router` on `listener` until `stop` completes; then stops accepting, asks every open
+/// connection to finish its request in flight and close, and returns once they have. Each
+/// request carries the peer's address as `ConnectInfo<SocketAddr>`.
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    header_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) where
+    L: Listener<Addr = SocketAddr>,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+
+    // Every connection task holds a receiver: when all are dropped, all connections are done.
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let (open_tx, open_rx) = watch::channel(());
+    let mut stop = pin!(stop);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let service = router
+            .clone()
+            .map_request(move |request: hyper::Request<Incoming>| {
+                let mut request: Request = request.map(Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
+        let builder = builder.clone();
+        let mut closing = closing_rx.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let service = TowerToHyperService::new(service);
+            let mut connection = pin!(
+                builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades()
+            );
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::trace!(%peer, %err, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = closing.wait_for(|closing| *closing) => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            if let Err(err) = connection.await {
+                tracing::trace!(%peer, %err, "connection ended with an error while closing");
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    drop(open_rx);
+    open_tx.closed().await;
+}
