@@ -70,8 +70,11 @@ pub struct ChatContext {
 struct Conn {
     /// The session token from the handshake `auth`, if the client sent one.
     auth_session: Option<String>,
-    /// The end of this connection's queue of events (see `InOrder`).
+    /// The end of this connection's queue of events (see `InOrder`). It starts with a place
+    /// held until the connection is confirmed (see `on_connect`).
     last_turn: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Released by `on_connect`, the moment socketioxide counts the socket as connected.
+    confirmed: Mutex<Option<oneshot::Sender<()>>>,
     /// The transport the connection started on, for the connection gauge.
     transport: metrics::Transport,
     member: Mutex<Membership>,
@@ -224,6 +227,7 @@ impl<A: Adapter> FromMessageParts<A> for Reply<A> {
 impl<A: Adapter> Reply<A> {
     fn ok<T: Serialize + ?Sized>(self, value: &T) {
         if let Err(err) = self.ack.send(value) {
+            count_if_dropped(&err);
             tracing::debug!(%err, "could not send an ack");
         }
     }
@@ -243,7 +247,19 @@ impl<A: Adapter> Reply<A> {
 /// gone or too slow, and the disconnect path cleans up.
 fn emit<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &'static str, data: &T) {
     if let Err(err) = socket.emit(event, data) {
+        count_if_dropped(&err);
         tracing::debug!(sid = %socket.id, event, %err, "could not emit to socket");
+    }
+}
+
+/// A packet refused because the client's send buffer was full is a dropped packet, counted as
+/// broadcasts' are; one refused because the socket is gone is not.
+fn count_if_dropped(err: &socketioxide::SendError) {
+    if matches!(
+        err,
+        socketioxide::SendError::Socket(socketioxide::SocketError::InternalChannelFull)
+    ) {
+        METRICS.dropped(1);
     }
 }
 
@@ -284,9 +300,17 @@ pub async fn on_connecting<A: Adapter>(
         socketioxide::TransportType::Polling => metrics::Transport::Polling,
     };
     METRICS.connected(transport);
+    // socketioxide sends the connect confirmation, then marks the socket connected, then runs
+    // the connect handler; until it is marked, anything emitted to it is refused (`Closed`). A
+    // client may send `add user` the moment it reads the confirmation (socket.io-client flushes
+    // queued emits then; the classic page re-sends `add user` on reconnect), and that handler
+    // could run and reply in between: the `login` was lost for 5-20% of such connections (the
+    // hostile-client suite). So the first event waits until the connect handler has started.
+    let (confirmed, first_turn) = oneshot::channel();
     socket.extensions.insert(Arc::new(Conn {
         auth_session,
-        last_turn: Mutex::new(None),
+        last_turn: Mutex::new(Some(first_turn)),
+        confirmed: Mutex::new(Some(confirmed)),
         transport,
         member: Mutex::new(Membership::Anonymous),
         messages: Mutex::new(TokenBucket::new(
@@ -314,6 +338,15 @@ pub async fn on_connecting<A: Adapter>(
 /// The namespace's connect handler, once the client knows it is connected.
 pub async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
     tracing::debug!(sid = %socket.id, transport = ?socket.transport_type(), "connected");
+    if let Some(conn) = socket.extensions.get::<Arc<Conn>>()
+        && let Some(confirmed) = conn
+            .confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    {
+        let _ = confirmed.send(());
+    }
 }
 
 async fn add_user<A: Adapter>(

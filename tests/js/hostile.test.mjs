@@ -10,10 +10,11 @@
 // Memory is read from the server's /proc/<pid>/status (VmRSS); the bounds are generous and the
 // figures measured on the development machine are written beside them.
 //
-// Cases the server does not handle well yet are tests marked `todo`, with the reason: they run
-// and report, but do not fail the suite. Per-address connection limits are not tested here (they
-// have their own suite); every server here switches them off, since all our connections come from
-// 127.0.0.1.
+// Five cases here first found server bugs (a reply lost right after connecting, 10 MB of pending
+// attachments per connection, abandoned sessions held past their heartbeat, uncounted dropped
+// replies, idle TCP connections never closed); they were fixed and the tests now guard them.
+// Per-address connection limits are not tested here (tests/limits.rs has them); every server
+// here switches them off, since all our connections come from 127.0.0.1.
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -135,9 +136,9 @@ const isReply = (p) =>
   typeof p === 'string' && !isReadyReply(p) && (/^43\d/.test(p) || p.startsWith('42["error message"') || p.startsWith('44'));
 
 // socketioxide sends the Socket.IO CONNECT packet a moment before it marks the socket connected,
-// and until then every emit to it fails: an event answered in that window loses its `login` or
-// `error message` (see the todo test "an event sent right after connecting..."). Acks are not
-// affected. The malformed-packet cases below are about their own packets, so each connection
+// and until then every emit to it fails: an event answered in that window used to lose its
+// `login` or `error message` (Banter now holds a connection's first event until then; see the
+// test "add user without an ack, sent as soon as..."). Acks are not affected. The malformed-packet cases below are about their own packets, so each connection
 // first waits until the server can emit to it: an unknown event `ready?` (answered by an emitted
 // `error message`) and then a `list users` with ack id 97, handled in order, so the ack comes after
 // the error message if that was emitted at all. Its answers are not answers to the case.
@@ -625,10 +626,6 @@ describe('an event sent right after connecting', () => {
     'add user without an ack, sent as soon as the connection is confirmed, always gets login',
     {
       ...NEEDS_WS,
-      todo:
-        'socketioxide confirms the connection before the socket can emit: about 1 in 10 `login` ' +
-        '(or `error message`) answers to an event sent at once are dropped (socket.rs logs the ' +
-        'refused emit at debug level only)',
     },
     async (t) => {
       const TRIES = 500;
@@ -672,10 +669,6 @@ describe('binary attachments that never complete', () => {
     'a connection cannot make the server hold more than the max payload in pending attachments',
     {
       ...NEEDS_WS,
-      todo:
-        'socketioxide buffers up to 10 MB of pending attachments per connection (its ' +
-        'max_incoming_binary_buf_size default); Banter should bound it by the max payload or ' +
-        'refuse binary packets, which the chat never uses',
     },
     async () => {
       const HOLDERS = 8;
@@ -893,9 +886,6 @@ describe('packet floods (default rates: 5 messages/s, bursts of 10; typing 4/s, 
   it(
     'answers dropped for a full send buffer are counted in banter_dropped_packets_total',
     {
-      todo:
-        'acks and error messages that do not fit in a socket\'s send buffer are dropped without ' +
-        'being counted (socket.rs Reply::ok and emit only log at debug level)',
     },
     async () => {
       const COUNT = 2000;
@@ -1083,10 +1073,10 @@ describe('thousands of half-open handshakes', () => {
   // Measured on the development machine (debug build), over four runs: baseline 22.8 to 23.1 MiB;
   // peak 45.9 to 46.2 MiB (+23 MiB) with 2,000 sessions and 300 idle connections, and the same
   // once every session had timed out. That memory is not lost for good: socketioxide keeps each
-  // Engine.IO session that never connected to a namespace in its connect-timeout task for 45 s
-  // (its default), however soon the heartbeat ended the session (see the todo test below), and
-  // glibc keeps freed heap for reuse. Hence the tolerance of 40 MiB over the baseline; a leak
-  // that grows with every round of handshakes shows in the todo test's repeated rounds.
+  // Engine.IO session that never connected to a namespace in its connect-timeout task (45 s by
+  // socketioxide's default; Banter now sets it to ping interval + ping timeout, see the test
+  // below), and glibc keeps freed heap for reuse. Hence the tolerance of 40 MiB over the
+  // baseline; a leak that grows with every round of handshakes shows in the repeated rounds below.
   it('2,000 abandoned polling handshakes and 300 idle TCP connections: the server keeps serving, and the sessions time out', async (t) => {
     const HANDSHAKES = 2000;
     const CONNECTED_EVERY = 4; // one in four also connects to the namespace, then goes silent
@@ -1168,10 +1158,6 @@ describe('thousands of half-open handshakes', () => {
   it(
     'memory of abandoned handshakes is reusable once their sessions have timed out',
     {
-      todo:
-        'socketioxide holds every Engine.IO session that never connects to a namespace for its ' +
-        'connect_timeout (45 s default, not set by Banter) even after the heartbeat closed it: ' +
-        '~12 KB per abandoned handshake stays pinned for 45 s',
     },
     async (t) => {
       const ROUNDS = 3;
@@ -1228,9 +1214,6 @@ describe('idle connections that hold every file descriptor', () => {
     'the server closes connections that never complete a request, so that others get in',
     {
       skip: !prlimit && 'prlimit (util-linux) is not installed',
-      todo:
-        'no header-read or idle timeout on HTTP connections: idle TCP connections are held ' +
-        'forever, and enough of them exhaust the open-files limit (nobody else can connect)',
     },
     async () => {
       const FILES = 256;
