@@ -464,13 +464,6 @@ export function suite() {
       return (pageErrors.get(page) ?? []).filter((e) => !allow.some((re) => re.test(e)));
     },
 
-    /** A second Chromium with extra flags, for one test (closed after it). */
-    async extraBrowser(extraArgs) {
-      const browser = await launchBrowser(extraArgs);
-      tracked.browsers.add(browser);
-      return browser;
-    },
-
     async client(url, name, options) {
       const socket = await nodeClient(url, name, options);
       tracked.clients.add(socket);
