@@ -167,3 +167,33 @@ scenario(h, 'a message is highlighted as a mention only when it names the reader
   );
   assert.deepEqual(highlighted, texts);
 });
+
+scenario(h, 'a storm of people joining and leaving is shown in a few gathered notices, with the right list and count', async () => {
+  const server = await h.server();
+  const alice = await h.page(server.url);
+  await login(alice, 'alice');
+  await waitForText(alice, '#participants', '1 participant');
+  const noticesBefore = await alice.locator('#messages .notice').count();
+
+  // More people at once than the server announces one by one (20): it gathers them.
+  const names = Array.from({ length: 70 }, (_, i) => `storm${String(i).padStart(2, '0')}`);
+  const crowd = await Promise.all(names.map((name) => h.client(server.url, name)));
+  await waitForText(alice, '#participants', '71 participants');
+  await waitForUsers(alice, ['alice', ...names]);
+  const joined = (await alice.locator('#messages .notice').allTextContents()).slice(noticesBefore);
+  assert.ok(joined.length < names.length, `fewer notices than people: ${joined.length}`);
+  assert.ok(
+    joined.some((n) => / and \d+ others joined$/.test(n)),
+    `a gathered notice names a few and counts the others: ${JSON.stringify(joined)}`,
+  );
+  for (const n of joined) assert.match(n, /^storm\d\d( and storm\d\d|, storm\d\d and storm\d\d|, storm\d\d and \d+ others| and \d+ others)? joined$/);
+
+  // And all leaving at once.
+  const noticesMid = await alice.locator('#messages .notice').count();
+  for (const socket of crowd) socket.disconnect();
+  await waitForText(alice, '#participants', '1 participant');
+  await waitForUsers(alice, ['alice']);
+  const left = (await alice.locator('#messages .notice').allTextContents()).slice(noticesMid);
+  assert.ok(left.length < names.length && left.every((n) => n.endsWith(' left')), JSON.stringify(left));
+  assert.deepEqual(h.errors(alice), []);
+});
