@@ -172,6 +172,9 @@ fn context(config: &Config, presence: Arc<dyn Presence>, history: Arc<dyn Histor
     }
 }
 
+/// The initial read buffer of each WebSocket connection.
+const WS_READ_BUFFER_BYTES: usize = 1_024;
+
 /// Binary attachments one packet may announce (the chat sends none).
 const MAX_ATTACHMENTS: usize = 10;
 
@@ -186,6 +189,9 @@ fn socket_io(config: &Config) -> SocketIoBuilder {
         // socketioxide's default of 128 dropped packets to clients that were merely busy for a
         // moment under fan-out load (measured with banter-bench).
         .max_buffer_size(config.max_buffer_packets)
+        // tungstenite allocates this much per connection up front (4 KiB by default), and grows
+        // it for a larger frame; chat frames are a few hundred bytes.
+        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         // The Engine.IO max payload only governs polling; WebSocket frames have their own caps.
         .ws_max_message_size(max_payload)
         .ws_max_frame_size(max_payload)

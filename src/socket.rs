@@ -369,11 +369,10 @@ async fn add_user<A: Adapter>(
         return;
     }
     match join(&socket, &io, &ctx, &conn, arg.ok()).await {
-        Ok((member, joined, login)) => {
+        Ok((member, login)) => {
             METRICS.joined();
             conn.finish_join(Some(member));
             reply.ok(&login);
-            announce_join(&ctx, &io, &socket, &joined).await;
         }
         Err(err) => {
             conn.finish_join(None);
@@ -383,15 +382,15 @@ async fn add_user<A: Adapter>(
 }
 
 /// Validates `add user`, registers the person, subscribes the socket to the room and sends
-/// `login`. Returns what the caller needs to finish: the member, the join outcome, and the login
-/// payload (for the ack).
+/// `login`. Returns what the caller needs to finish: the member and the login payload (for the
+/// ack).
 async fn join<A: Adapter>(
     socket: &SocketRef<A>,
     io: &SocketIo<A>,
     ctx: &ChatContext,
     conn: &Conn,
     arg: Option<Value>,
-) -> Result<(Member, Joined, serde_json::Value), ChatError> {
+) -> Result<(Member, serde_json::Value), ChatError> {
     let request: AddUser = arg
         .and_then(|v| serde_json::from_value(v).ok())
         .ok_or_else(|| bad_request("add user takes a nickname or {username, lastId}"))?;
@@ -408,6 +407,12 @@ async fn join<A: Adapter>(
             max_name_chars: ctx.settings.limits.max_name_chars,
         })
         .await?;
+
+    // Announced at once, before anything else of the join: whoever joins after this person
+    // (on any instance) has them in their own `login`, and an announcement still on its way
+    // when they subscribe would reach them late, with the count of a moment before. Announcing
+    // first keeps that window as short as it can be.
+    announce_join(ctx, io, socket, &joined).await;
 
     // Subscribe before reading the history: a message sent in between then arrives twice (the
     // client drops the copy by id) rather than not at all.
@@ -450,7 +455,7 @@ async fn join<A: Adapter>(
         session: Arc::from(joined.session.as_str()),
         typing: false,
     };
-    Ok((member, joined, login))
+    Ok((member, login))
 }
 
 async fn announce_join<A: Adapter>(
@@ -476,7 +481,7 @@ async fn announce_join<A: Adapter>(
 async fn announce<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, change: Change) {
     match ctx.announcer.offer(change) {
         Offer::Queued => {}
-        Offer::Now(batch) => send_announcement(ctx, io, &batch).await,
+        Offer::Now(batch) => send_announcement(io, &batch).await,
         Offer::OpensWindow => {
             let ctx = ctx.clone();
             let io = io.clone();
@@ -488,7 +493,7 @@ async fn announce<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, change: Chang
                         break;
                     }
                     for batch in &batches {
-                        send_announcement(&ctx, &io, batch).await;
+                        send_announcement(&io, batch).await;
                     }
                 }
             });
@@ -496,15 +501,8 @@ async fn announce<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, change: Chang
     }
 }
 
-async fn send_announcement<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, batch: &Batch) {
+async fn send_announcement<A: Adapter>(io: &SocketIo<A>, batch: &Batch) {
     let latest = batch.latest();
-    // The count now rather than at the change: someone who joined since has a `login` with the
-    // newer count, and an older one arriving after it would set their page back. (A
-    // batch's runs of one kind go out in order; a later run may already be counted here.)
-    let num_users = match ctx.presence.count(LOBBY).await {
-        Ok(count) => count,
-        Err(_) => latest.num_users,
-    };
     let coalesced = batch.changes.len() > 1;
     let names = coalesced.then(|| {
         let skip = batch.changes.len().saturating_sub(MAX_ANNOUNCED_NAMES);
@@ -515,7 +513,7 @@ async fn send_announcement<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, batc
     });
     let payload = UserChange {
         username: &latest.username,
-        num_users,
+        num_users: latest.num_users,
         count: coalesced.then_some(batch.changes.len()),
         usernames: names,
     };

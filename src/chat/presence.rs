@@ -67,10 +67,6 @@ pub trait Presence: Send + Sync + 'static {
     fn reap<'a>(&'a self, room: &'a str, now_ms: u64) -> StoreFuture<'a, Vec<Left>>;
     /// The number of people and their nicknames, sorted case-insensitively.
     fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)>;
-
-    /// How many people are in the room now (the `numUsers` of announcements, read when they are
-    /// sent, so that none carries a count older than a `login` its receiver already has).
-    fn count<'a>(&'a self, room: &'a str) -> StoreFuture<'a, usize>;
 }
 
 /// A fresh, unguessable session token: 128 random bits as hex.
@@ -285,11 +281,6 @@ impl Presence for MemoryPresence {
     fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)> {
         let users = self.with_room(room, |r| r.users());
         Box::pin(async move { Ok(users) })
-    }
-
-    fn count<'a>(&'a self, room: &'a str) -> StoreFuture<'a, usize> {
-        let count = self.with_room(room, |r| r.people.len());
-        Box::pin(async move { Ok(count) })
     }
 }
 

@@ -393,17 +393,6 @@ impl Presence for RedisStore {
             Ok((users.len(), users))
         })
     }
-
-    fn count<'a>(&'a self, room: &'a str) -> StoreFuture<'a, usize> {
-        Box::pin(async move {
-            self.ensure_up()?;
-            let result: redis::RedisResult<usize> = redis::cmd("HLEN")
-                .arg(keys(room).people)
-                .query_async(&mut self.conn.clone())
-                .await;
-            self.checked("count", result)
-        })
-    }
 }
 
 impl History for RedisStore {

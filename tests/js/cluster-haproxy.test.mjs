@@ -429,10 +429,10 @@ if (missing.length > 0) {
       // Everyone already there heard of each later joiner, with the cluster-wide count.
       // Not asserted here: Banter acks `add user` (the login) before it broadcasts `user joined`,
       // so a client that joins in between, on any instance, may also receive the announcement of
-      // the person who joined just before it, although its own login already listed them. (Its
-      // `numUsers` is read when it is sent, which narrows but, across instances, does not close
-      // the window for a count older than the login; docs/protocol.md.) Such announcements are
-      // set apart and shown as a diagnostic.
+      // the person who joined just before it, although its own login already listed them (Banter
+      // announces a join before it answers the joiner, which narrows that window but, across
+      // instances, does not close it; docs/protocol.md). Such announcements are set apart and
+      // shown as a diagnostic.
       const raced = [];
       for (const [i, c] of clients.entries()) {
         const expected = clients.slice(i + 1).map((later, k) => ({ username: later.name, numUsers: i + k + 2 }));
@@ -441,8 +441,7 @@ if (missing.length > 0) {
           c.joined.filter((d) => !isEarlier(d)).length >= expected.length,
         { timeoutMs: 5000, details: () => JSON.stringify(c.joined) });
         const got = c.joined.filter((d) => !isEarlier(d)).slice(0, expected.length);
-        // In order, and each with a count at least the one right after that join (it is read
-        // when the announcement is sent, so someone who joined meanwhile may be in it too).
+        // In order, each with (at least) the count right after that join.
         assert.deepEqual(got.map((d) => d.username), expected.map((e) => e.username), `user joined at ${c.name}`);
         for (const [k, d] of got.entries()) {
           assert.ok(d.numUsers >= expected[k].numUsers && d.numUsers <= clients.length, `count in ${JSON.stringify(d)}`);

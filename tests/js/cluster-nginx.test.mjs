@@ -280,8 +280,7 @@ if (missing.length > 0) {
       for (const [i, c] of clients.entries()) {
         const expected = clients.slice(i + 1).map((later, k) => ({ username: later.name, numUsers: i + k + 2 }));
         const got = (await c.joined.until(expected.length)).slice(0, expected.length);
-        // In order, each with a count at least the one right after that join (read when the
-        // announcement is sent: someone who joined meanwhile may be counted too).
+        // In order, each with (at least) the count right after that join.
         assert.deepEqual(got.map((d) => d.username), expected.map((e) => e.username), `user joined at ${c.name}`);
         for (const [k, d] of got.entries()) {
           assert.ok(d.numUsers >= expected[k].numUsers && d.numUsers <= clients.length, `count in ${JSON.stringify(d)}`);
@@ -507,9 +506,9 @@ if (missing.length > 0) {
         lost.map((c) => c.name).sort(),
         'exactly the clients of the killed instance that did not reconnect',
       );
-      // `numUsers` is the count when each announcement is sent (docs/protocol.md): never below
-      // the count after all of them left, never a count from before the first left, and the
-      // last one is the count after all of them.
+      // Each `numUsers` is the count after that person left: between the count after all of
+      // them and the count before the first, and the last one is the count after all of them.
+      // (Not asserted one by one: gathered announcements, docs/protocol.md, may combine them.)
       const remaining = total - lost.length;
       for (const g of gone) assert.ok(g.numUsers >= remaining && g.numUsers < total, `count ${g.numUsers} in ${JSON.stringify(gone)}`);
       assert.equal(gone.at(-1).numUsers, remaining);
