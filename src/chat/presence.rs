@@ -5,7 +5,7 @@
 //! count and the users list include people in the grace period: for the others nothing has
 //! happened until the period ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use super::{ChatError, ErrorCode, StoreFuture};
@@ -104,8 +104,9 @@ pub struct MemoryPresence {
 
 #[derive(Default)]
 struct RoomPresence {
-    /// People by `name_key`.
-    people: HashMap<String, Person>,
+    /// People by `name_key`, kept in that order: the users list of every `login` is then a walk,
+    /// not a sort (keys are unique, so the order is `sort_users`'s).
+    people: BTreeMap<String, Person>,
     sessions: HashMap<String, String>,
     conns: HashMap<ConnId, String>,
 }
@@ -216,8 +217,7 @@ impl RoomPresence {
     }
 
     fn users(&self) -> (usize, Vec<String>) {
-        let mut users: Vec<String> = self.people.values().map(|p| p.username.clone()).collect();
-        sort_users(&mut users);
+        let users: Vec<String> = self.people.values().map(|p| p.username.clone()).collect();
         (users.len(), users)
     }
 }
