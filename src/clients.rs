@@ -102,7 +102,7 @@ impl TrustedProxies {
         Self(nets)
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(ip))
     }
 
@@ -426,10 +426,10 @@ fn detach_head(request: &mut Request) {
     }
 }
 
-/// An Engine.IO request that starts a session: under `/socket.io/`, with a `transport` and
+/// An Engine.IO request that starts a session: on the engine's path, with a `transport` and
 /// without a `sid`. (The client bundle, `/socket.io/socket.io.js`, is not one.)
 fn is_handshake(request: &Request) -> bool {
-    if !request.uri().path().starts_with("/socket.io/") {
+    if !crate::guard::is_engine_path(request.uri().path()) {
         return false;
     }
     let query = request.uri().query().unwrap_or("");

@@ -62,13 +62,47 @@ impl AllowedOrigins {
     }
 }
 
+/// Bounds the time a request with a body (a long-polling POST) may take, body included. The
+/// header timeout stops once the head is in, and the engine reads a POST's body without a
+/// deadline: a client announcing a large body and sending a byte now and then would hold the
+/// connection for as long as it liked. (Long-poll GETs wait for data by design; they have no
+/// body and are bounded by the heartbeat.)
+pub async fn bound_request_time(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() == axum::http::Method::GET {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::debug!("a request body took too long; closing");
+            let mut response =
+                (StatusCode::REQUEST_TIMEOUT, "request body too slow\n").into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+/// Whether a request is for the Engine.IO endpoint. The engine answers `/socket.io` as well as
+/// everything under `/socket.io/` (socket.io-client with `addTrailingSlash: false` uses the
+/// former), so every check on that endpoint must cover both.
+pub fn is_engine_path(path: &str) -> bool {
+    path == "/socket.io" || path.starts_with("/socket.io/")
+}
+
 /// Refuses Socket.IO requests from pages of origins that are not allowed.
 pub async fn check_origin(
     axum::extract::State(allowed): axum::extract::State<AllowedOrigins>,
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path().starts_with("/socket.io/") {
+    if is_engine_path(request.uri().path()) {
         let headers = request.headers();
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
@@ -102,5 +136,14 @@ mod tests {
             list: Arc::new(vec!["*".into()]),
         };
         assert!(any.allows(Some("https://other.example"), Some("api.example")));
+    }
+
+    #[test]
+    fn the_engine_path_with_and_without_the_trailing_slash() {
+        assert!(is_engine_path("/socket.io"));
+        assert!(is_engine_path("/socket.io/"));
+        assert!(is_engine_path("/socket.io/socket.io.js"));
+        assert!(!is_engine_path("/socket.iox"));
+        assert!(!is_engine_path("/"));
     }
 }

@@ -13,8 +13,11 @@
 //! enough bytes to tell the versions apart, so a silent connection would never time out.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,8 +28,18 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tower::ServiceExt;
+
+use crate::clients::{AddressLimits, OpenSlot, TrustedProxies};
+
+/// The bound on TCP connections per peer address. Proxies are not counted (every client behind
+/// one shares its address; the per-client bounds of `clients` apply to them).
+pub struct PeerLimit {
+    pub limits: Arc<AddressLimits>,
+    pub trusted: TrustedProxies,
+}
 
 /// Serves `router` on `listener` until `stop` completes; then stops accepting, asks every open
 /// connection to finish its request in flight and close, and returns once they have. Each
@@ -35,6 +48,7 @@ pub async fn serve<L>(
     mut listener: L,
     router: Router,
     header_timeout: Duration,
+    peers: PeerLimit,
     stop: impl Future<Output = ()>,
 ) where
     L: Listener<Addr = SocketAddr>,
@@ -53,6 +67,22 @@ pub async fn serve<L>(
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
+        // A peer over its bound is closed at once, before any byte is read: nothing else stops
+        // an address from holding open connections (WebSockets that left the namespace, idle
+        // keep-alives) until the process runs out of file descriptors.
+        let slot = if peers.trusted.trusts(peer.ip()) {
+            None
+        } else {
+            match peers.limits.open(peer.ip()) {
+                Ok(slot) => Some(slot),
+                Err(refusal) => {
+                    crate::metrics::METRICS.address_refused(refusal);
+                    tracing::debug!(%peer, "too many connections from this address; closed");
+                    continue;
+                }
+            }
+        };
+        let io = Counted { io, _slot: slot };
         let service = router
             .clone()
             .map_request(move |request: hyper::Request<Incoming>| {
@@ -90,4 +120,51 @@ pub async fn serve<L>(
     let _ = closing_tx.send(true);
     drop(open_rx);
     open_tx.closed().await;
+}
+
+/// A connection that holds its peer's place in the per-address count for as long as it is open,
+/// including after an upgrade, when hyper hands the stream over to the WebSocket.
+struct Counted<T> {
+    io: T,
+    _slot: Option<OpenSlot>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }

@@ -256,6 +256,10 @@ where
             guard::check_origin,
         ))
         .layer(axum::middleware::from_fn_with_state(
+            config.ping_timeout(),
+            guard::bound_request_time,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             clients,
             clients::identify,
         ))
@@ -283,6 +287,14 @@ async fn serve<A: Adapter>(
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
     let header_timeout = config.header_timeout();
+    let peers = crate::serve::PeerLimit {
+        limits: AddressLimits::new(clients::AddressBounds {
+            connect_rate: 0.0,
+            connect_burst: 0,
+            max_open: config.max_connections_per_ip,
+        }),
+        trusted: clients::TrustedProxies::new(config.trusted_proxies.clone()),
+    };
     let mut serving = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = crate::tls::server_config(cert, key)?;
@@ -292,6 +304,7 @@ async fn serve<A: Adapter>(
                 listener,
                 router,
                 header_timeout,
+                peers,
                 stopped,
             ))
         }
@@ -307,6 +320,7 @@ async fn serve<A: Adapter>(
                 listener,
                 router,
                 header_timeout,
+                peers,
                 stopped,
             ))
         }
@@ -322,6 +336,12 @@ async fn serve<A: Adapter>(
     }
     tracing::info!("shutting down: no new connections; closing sockets");
     let _ = stop_tx.send(true);
+    // The background duties (heartbeat, delivery of published messages, grace periods) end
+    // first, and for good: a heartbeat landing after `retire` would undo it, and delivery on a
+    // closed namespace is pointless. Clients that miss a message now recover it with `lastId`
+    // where they reconnect.
+    background.abort();
+    let _ = background.await;
     let drain = async {
         // Other instances take this one's people as dropped at once: they can reconnect there
         // and keep their place, instead of waiting for the heartbeat to lapse.
@@ -330,10 +350,6 @@ async fn serve<A: Adapter>(
         {
             tracing::warn!(%err, "could not tell Redis that this instance is leaving");
         }
-        // The background duties (heartbeat, delivery of published messages, grace periods)
-        // end before the namespace is closed: they would otherwise act on a closed one.
-        // Clients that miss a message now recover it with `lastId` where they reconnect.
-        background.abort();
         io.close().await;
         serving.await
     };

@@ -481,7 +481,7 @@ async fn announce_join<A: Adapter>(
 async fn announce<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, change: Change) {
     match ctx.announcer.offer(change) {
         Offer::Queued => {}
-        Offer::Now(batch) => send_announcement(io, &batch).await,
+        Offer::Now(batch) => send_announcement(io, &batch, &[]).await,
         Offer::OpensWindow => {
             let ctx = ctx.clone();
             let io = io.clone();
@@ -492,8 +492,16 @@ async fn announce<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, change: Chang
                     if batches.is_empty() {
                         break;
                     }
-                    for batch in &batches {
-                        send_announcement(&io, batch).await;
+                    // Whoever joined in a later batch of this window has every earlier change
+                    // in their `login` already: the earlier events, with older counts, would
+                    // only set their count back.
+                    for (i, batch) in batches.iter().enumerate() {
+                        let later_joiners: Vec<&str> = batches[i + 1..]
+                            .iter()
+                            .flat_map(|b| b.changes.iter())
+                            .filter_map(|c| c.sid.as_deref())
+                            .collect();
+                        send_announcement(&io, batch, &later_joiners).await;
                     }
                 }
             });
@@ -501,7 +509,8 @@ async fn announce<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, change: Chang
     }
 }
 
-async fn send_announcement<A: Adapter>(io: &SocketIo<A>, batch: &Batch) {
+/// Sends one announcement to the lobby, except to the person it names and to `also_except`.
+async fn send_announcement<A: Adapter>(io: &SocketIo<A>, batch: &Batch, also_except: &[&str]) {
     let latest = batch.latest();
     let coalesced = batch.changes.len() > 1;
     let names = coalesced.then(|| {
@@ -526,10 +535,14 @@ async fn send_announcement<A: Adapter>(io: &SocketIo<A>, batch: &Batch) {
     let Some(ns) = namespace(io) else {
         return;
     };
-    let to = match &latest.sid {
-        Some(sid) => ns.to(LOBBY).except(conn_room(sid)),
-        None => ns.to(LOBBY),
-    };
+    let except: Vec<String> = latest
+        .sid
+        .as_deref()
+        .into_iter()
+        .chain(also_except.iter().copied())
+        .map(conn_room)
+        .collect();
+    let to = ns.to(LOBBY).except(except);
     broadcast(to, event, &payload).await;
 }
 
@@ -703,6 +716,24 @@ async fn on_disconnect<A: Adapter>(
 ) {
     tracing::debug!(sid = %socket.id, ?reason, "disconnected");
     METRICS.disconnected(conn.transport);
+    // Events still queued or running (an `add user` sent just before the connection dropped)
+    // finish first: otherwise the join would complete after this handler found nobody to
+    // remove, and leave a person in the chat for good. No event can join the queue any more;
+    // the place held for the connect confirmation is released first, in case it never came.
+    drop(
+        conn.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+    );
+    let tail = conn
+        .last_turn
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(tail) = tail {
+        let _ = tail.await;
+    }
     let Some(member) = conn.take_member() else {
         return;
     };

@@ -136,7 +136,7 @@ async fn client_file(path: &'static str, body: &'static [u8]) -> Response {
 /// makes an upgrade attempt that can only fail. With WebSocket off, this middleware removes the
 /// offer from the polling handshake (the only response whose body starts with `0{`).
 pub async fn no_upgrade_offer(request: Request, next: Next) -> Response {
-    let is_handshake = request.uri().path().starts_with("/socket.io/")
+    let is_handshake = crate::guard::is_engine_path(request.uri().path())
         && request.method() == axum::http::Method::GET
         && request.uri().query().is_some_and(|q| !q.contains("sid="));
     let response = next.run(request).await;

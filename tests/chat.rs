@@ -467,3 +467,32 @@ async fn with_a_zero_window_every_join_is_announced_alone() -> Result<()> {
     }
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn a_join_that_races_the_connection_closing_leaves_no_ghost() -> Result<()> {
+    let server = TestServer::with_args(&["--reconnect-grace-ms", "200"]).await?;
+    let mut observer = TestClient::connect(&server, TransportType::Websocket).await?;
+    observer.join("observer").await?;
+    // `add user` and the Engine.IO close in one payload: the join is still being handled when
+    // the connection is gone.
+    for i in 0..10 {
+        let raw = RawPolling::connect(&server, None).await?;
+        raw.post(&format!("42[\"add user\",\"ghost{i}\"]\x1e1"))
+            .await?;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let list = observer.call("list users", json!(null)).await?;
+        if list["users"] == json!(["observer"]) {
+            assert_eq!(list["numUsers"], 1);
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "ghosts stay after the grace period: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    observer.disconnect().await?;
+    server.shutdown().await
+}

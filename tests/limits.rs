@@ -238,3 +238,86 @@ async fn https_behind_a_trusted_proxy_gets_strict_transport_security() -> Result
     assert!(!hsts(&res), "X-Forwarded-Proto from anyone is not believed");
     untrusted.shutdown().await
 }
+
+#[tokio::test]
+async fn the_engine_path_without_a_trailing_slash_is_guarded_too() -> Result<()> {
+    let server = TestServer::with_args(&[
+        "--connect-rate-per-ip",
+        "0.001",
+        "--connect-burst-per-ip",
+        "2",
+    ])
+    .await?;
+    let http = reqwest::Client::new();
+    let bare = format!("{}/socket.io?EIO=4&transport=polling", server.url);
+    let foreign = http
+        .get(&bare)
+        .header("origin", "https://evil.example")
+        .send()
+        .await?;
+    // (A refused attempt still takes its token: the burst of 2 is one refused, one served.)
+    assert_eq!(foreign.status(), 403, "the origin check covers /socket.io");
+    assert_eq!(http.get(&bare).send().await?.status(), 200);
+    assert_eq!(
+        http.get(&bare).send().await?.status(),
+        429,
+        "the per-address rate covers /socket.io"
+    );
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn tcp_connections_per_peer_address_are_capped() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::with_args(&["--max-connections-per-ip", "3"]).await?;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(server.addr).await?);
+    }
+    // The fourth is closed at once, before it sends anything.
+    let mut fourth = tokio::net::TcpStream::connect(server.addr).await?;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth connection was not closed: {read:?}"
+    );
+    // When one closes, its place is free again.
+    held.pop();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let res = reqwest::Client::new()
+            .get(format!("{}/healthz", server.url))
+            .send()
+            .await;
+        if res.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no connection accepted after one closed");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn a_request_body_that_trickles_is_cut_off() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::with_args(&["--ping-timeout-ms", "500"]).await?;
+    let http = reqwest::Client::new();
+    let sid = session(handshake(&http, &server, None).await?).await?;
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await?;
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: text/plain\r\nContent-Length: 900000\r\n\r\n4"
+    );
+    slow.write_all(head.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection is still open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    server.shutdown().await
+}

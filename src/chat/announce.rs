@@ -12,7 +12,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use super::TokenBucket;
+use super::{TokenBucket, name_key};
 
 /// Changes announced one by one at once, before coalescing starts...
 pub const BURST: u32 = 20;
@@ -124,8 +124,26 @@ impl Announcer {
             return Vec::new();
         }
         drop(state);
+        // Someone who left and came back within one window is, for everyone else, still there:
+        // both changes go. (Announced, the leave would also reach their new connection, which
+        // never receives its own join, and set its count one too low.)
+        let mut pending: Vec<Option<Change>> = pending.into_iter().map(Some).collect();
+        for i in 0..pending.len() {
+            let Some(left) = pending[i].as_ref().filter(|c| c.kind == ChangeKind::Left) else {
+                continue;
+            };
+            let key = name_key(&left.username);
+            let back = pending[i + 1..].iter().position(|c| {
+                c.as_ref()
+                    .is_some_and(|c| c.kind == ChangeKind::Joined && name_key(&c.username) == key)
+            });
+            if let Some(offset) = back {
+                pending[i] = None;
+                pending[i + 1 + offset] = None;
+            }
+        }
         let mut batches: Vec<Batch> = Vec::new();
-        for change in pending {
+        for change in pending.into_iter().flatten() {
             match batches.last_mut() {
                 Some(batch) if batch.kind == change.kind => batch.changes.push(change),
                 _ => batches.push(Batch {
@@ -200,6 +218,29 @@ mod tests {
             a.offer(change(ChangeKind::Left, "e", 3)),
             Offer::Now(_)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leaving_and_coming_back_within_a_window_cancels_out() {
+        let a = Announcer::new(Duration::from_millis(250));
+        for n in 0..BURST as usize {
+            a.offer(change(ChangeKind::Joined, "early", n));
+        }
+        assert_eq!(
+            a.offer(change(ChangeKind::Left, "Xena", 4)),
+            Offer::OpensWindow
+        );
+        assert_eq!(a.offer(change(ChangeKind::Joined, "y", 5)), Offer::Queued);
+        assert_eq!(
+            a.offer(change(ChangeKind::Joined, "xena", 6)),
+            Offer::Queued
+        );
+        let batches = a.flush();
+        let names: Vec<_> = batches
+            .iter()
+            .flat_map(|b| b.changes.iter().map(|c| (b.kind, c.username.as_str())))
+            .collect();
+        assert_eq!(names, vec![(ChangeKind::Joined, "y")]);
     }
 
     #[test]
