@@ -169,6 +169,7 @@ fn context(config: &Config, presence: Arc<dyn Presence>, history: Arc<dyn Histor
         message_order: Arc::new(tokio::sync::Mutex::new(())),
         clients: AddressLimits::new(config.address_bounds()),
         announcer: Arc::new(Announcer::new(config.announce_window())),
+        announce_turn: Arc::new(tokio::sync::Mutex::new(())),
     }
 }
 

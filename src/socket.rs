@@ -64,6 +64,8 @@ pub struct ChatContext {
     pub clients: Arc<AddressLimits>,
     /// Coalesces `user joined` / `user left` during storms.
     pub announcer: Arc<Announcer>,
+    /// Held while an announcement is offered and sent, so that they go out in order.
+    pub announce_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The state of one connection, kept in the socket's extensions.
@@ -479,6 +481,10 @@ async fn announce_join<A: Adapter>(
 /// Announces a join or leave now, or, during a storm, with the others of its window (see
 /// `chat::Announcer`).
 async fn announce<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, change: Change) {
+    // One announcement at a time, in the order they were offered (tokio's mutex is fair): the
+    // handlers of different connections run as concurrent tasks, and two sends racing each
+    // other could deliver an older count after a newer one, which would then stay on pages.
+    let _turn = ctx.announce_turn.lock().await;
     match ctx.announcer.offer(change) {
         Offer::Queued => {}
         Offer::Now(batch) => send_announcement(io, &batch, &[]).await,
@@ -488,6 +494,7 @@ async fn announce<A: Adapter>(ctx: &ChatContext, io: &SocketIo<A>, change: Chang
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(ctx.announcer.window()).await;
+                    let _turn = ctx.announce_turn.lock().await;
                     let batches = ctx.announcer.flush();
                     if batches.is_empty() {
                         break;

@@ -248,8 +248,10 @@ const socketLost = (err) => /disconnected/.test(err?.message || "");
 function markSent(record, id, ts) {
   setDelivery(record, "sent");
   record.el.dataset.id = String(id);
+  // Shown (its copy in a later history is dropped), but not counted in lastId: with several
+  // instances, the ack of our message can arrive before earlier messages of others that are
+  // still on their way to us; a lastId raised by the ack would skip them after a reconnect.
   state.shownIds.add(String(id));
-  noteId(id);
   setTime(record.el.querySelector("time"), ts);
   state.unconfirmed = state.unconfirmed.filter((r) => r !== record);
 }

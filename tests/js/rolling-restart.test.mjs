@@ -18,8 +18,8 @@
 // Each client behaves like the chat page (web/app.js): it sends `add user` on every `connect`, with
 // `{username, lastId}` after the first login, presents its session token in the handshake `auth`,
 // holds the `new message` events that arrive before its login and shows them after the login's
-// `history`, drops a copy by id, and notes the highest id it has seen, its own acked messages'
-// ids included (as the page's markSent does). Four in six use the client's default transports
+// `history`, drops a copy by id, and notes the highest id it has received (its own acked messages
+// count as shown, but not towards lastId, as in the page's markSent). Four in six use the client's default transports
 // (polling, then the upgrade to WebSocket), two are polling only. Two clients per instance send a
 // message every SEND_EVERY_MS with an ack, and record every acked id.
 //
@@ -319,6 +319,7 @@ if (missing.length > 0) {
 
     function receive(c, msg, via) {
       const seen = c.shown.get(msg.id);
+      if (seen?.via === 'own') return; // its own message, back in a history: dropped by id
       if (seen) {
         const record = { id: msg.id, via, conn: c.conn, first: { via: seen.via, conn: seen.conn } };
         // The allowed copy: this connection's login history holds it, and it also came live on
@@ -346,7 +347,10 @@ if (missing.length > 0) {
             else if (res?.error) c.refused.push({ text, error: res.error });
             else if (typeof res?.id === 'number') {
               c.acked.push({ id: res.id, text, at: Date.now() });
-              noteId(c, res.id, true); // the page's markSent
+              // The page's markSent: the id counts as shown (a copy in a later history is
+              // dropped) but does not raise lastId; the ack can overtake earlier messages of
+              // others still on their way to this client.
+              c.shown.set(res.id, { username: c.name, message: text, via: 'own', conn: c.conn });
             } else c.unacked.push({ text, why: `unexpected ack ${JSON.stringify(res)}` });
           });
         }
