@@ -1,19 +1,21 @@
 // Helpers for the scale-out suites: a redis-server, nginx and HAProxy of the test's own (on free
 // ports, in a temporary directory, never the machine's 6379 or /var), the shipped
 // deploy/nginx.conf and deploy/haproxy.cfg rewritten only where a test must, an http.Agent that
-// records which instance answered each request, and the "skipped or failed" rule for missing
-// software.
+// records which instance answered each request, the "skipped or failed" rule for missing
+// software, and the instances and cross-instance checks that the load-balancer suites share.
 //
 // Every process started here is tracked: stopAllProcesses() ends them (after() hooks), and a
 // synchronous exit handler kills whatever is left if the test process ends some other way.
 
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { accessSync, constants, chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { repoRoot, sleep } from './harness.mjs';
+import { describe, it } from 'node:test';
+import { repoRoot, sendOk, sleep, startServer } from './harness.mjs';
 
 export const SHIPPED_NGINX_CONF = path.join(repoRoot, 'deploy/nginx.conf');
 export const SHIPPED_HAPROXY_CFG = path.join(repoRoot, 'deploy/haproxy.cfg');
@@ -56,6 +58,100 @@ export function missingSoftware(what) {
   const line = '!'.repeat(Math.min(message.length, 100));
   process.stderr.write(`\n${line}\n${message}\n${line}\n\n`);
   return { message, required: process.env.BANTER_REQUIRE_ALL === '1' };
+}
+
+/**
+ * `describe(title, body)` when nothing in `missing` (notices of missing software, falsy entries
+ * ignored) is missing. Otherwise the suite is skipped with the notices, or, under
+ * BANTER_REQUIRE_ALL=1, one test that fails with them.
+ */
+export function describeWithSoftware({ title, skipTitle, needs, missing }, body) {
+  const absent = missing.filter(Boolean);
+  if (absent.length === 0) {
+    describe(title, body);
+    return;
+  }
+  const notices = absent.map(missingSoftware);
+  const required = notices.some((n) => n.required);
+  describe(skipTitle, { skip: required ? false : notices.map((n) => n.message).join('; ') }, () => {
+    it(`needs ${needs} (BANTER_REQUIRE_ALL=1 makes a skip a failure)`, () => {
+      assert.fail(`${notices.map((n) => n.message).join('; ')} (BANTER_REQUIRE_ALL=1)`);
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Banter instances behind a load balancer
+
+/**
+ * Starts one harness server per env (each on a free port, on the Redis at `redisUrl`) and waits
+ * until each says ready. Each gets `.log` (its stderr, whole) and `.upstream` (host:port, as the
+ * balancer names it); `byUpstream` maps the latter to the instance.
+ */
+export async function startInstances(envs, redisUrl, byUpstream) {
+  const instances = await Promise.all(envs.map((env) => startServer({ ...env, BANTER_REDIS_URL: redisUrl })));
+  for (const server of instances) {
+    server.log = '';
+    server.proc.stderr.on('data', (chunk) => {
+      server.log += chunk;
+    });
+    server.upstream = new URL(server.url).host;
+    byUpstream.set(server.upstream, server);
+    // The listening line comes before the instance has reached Redis; /readyz says when.
+    await waitUntil(`${server.url}/readyz says ready`, async () => {
+      return (await httpRequest(`${server.url}/readyz`)).status === 200;
+    });
+  }
+  return instances;
+}
+
+/** The single instance that answered all of a client's requests; fails if there were more. */
+export function soleUpstream(client, byUpstream) {
+  const answered = client.agent.upstreams();
+  assert.equal(
+    answered.length,
+    1,
+    `${client.name} (${client.address}) was served by ${JSON.stringify(answered)}: ` +
+      JSON.stringify(client.agent.responses),
+  );
+  assert.ok(byUpstream.has(answered[0]), `X-Upstream ${answered[0]} is one of the three instances`);
+  return answered[0];
+}
+
+/**
+ * The other side's word: the instance the balancer named for each client (`.upstream`) is the
+ * one, and the only one, whose log shows that socket's join.
+ */
+export async function assertJoinsLoggedWhereServed(instances, clients) {
+  await waitUntil('every join appears in its instance log', () =>
+    clients.every((c) => instances.some((s) => s.log.includes(`sid=${c.socket.id}`))),
+  );
+  for (const c of clients) {
+    const holders = instances
+      .filter((s) => s.log.split('\n').some((line) => line.includes('user joined') && line.includes(`sid=${c.socket.id}`)))
+      .map((s) => s.upstream);
+    assert.deepEqual(holders, [c.upstream], `the instance logs for ${c.name} (socket ${c.socket.id})`);
+  }
+}
+
+/**
+ * Each client says hello; every other client gets every hello (in its `.messages`, a harness
+ * `collect`), in id order, whichever instance it is on.
+ */
+export async function assertEveryoneHearsEveryone(clients) {
+  for (const c of clients) await sendOk(c.socket, `hello from ${c.name}`);
+  for (const c of clients) {
+    const others = clients.filter((o) => o !== c);
+    const got = await c.messages.until(others.length);
+    assert.deepEqual(
+      got.map((m) => m.message).sort(),
+      others.map((o) => `hello from ${o.name}`).sort(),
+      `messages at ${c.name} (on ${c.upstream})`,
+    );
+    for (const m of got) assert.equal(m.message, `hello from ${m.username}`);
+    const ids = got.map((m) => m.id);
+    assert.deepEqual(ids, [...ids].sort((a, b) => a - b), `ids arrive in order at ${c.name}`);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
