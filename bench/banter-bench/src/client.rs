@@ -3,8 +3,9 @@
 //!
 //! Every client runs in its own task. Outgoing Engine.IO packets go through an unbounded channel
 //! (`Out`), so scenario code (a sender's clock) and the client's own logic (pong, `add user`)
-//! can both write. Counters shared by all the clients of a run live in [`Shared`]; each client's
-//! latency histogram is its own and is merged when the task ends.
+//! can both write. Counters and the latency histogram shared by all the clients of a run live in
+//! [`Shared`]; each client gathers its counts and latency samples for a few milliseconds and adds
+//! them there in one go.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -42,7 +43,6 @@ impl Transport {
 }
 
 /// Counters for all the clients of one run.
-#[derive(Default)]
 pub struct Shared {
     /// Sockets connected to the namespace (`40` answered).
     pub connected: AtomicU64,
@@ -72,14 +72,38 @@ pub struct Shared {
     pub last_event_nanos: AtomicU64,
     /// When the last timed message arrived (Unix nanos).
     pub last_received_nanos: AtomicU64,
+    /// Latency of timed messages, µs, over all clients. One histogram for the run rather than one
+    /// per client: a 3-digit histogram is a few hundred KiB, and a thousand of them, each touched
+    /// at random, made the bench's cache misses its hottest spot.
+    pub latency: Mutex<Histogram<u64>>,
     first_error: Mutex<Option<String>>,
 }
 
 impl Shared {
     pub fn new(settle_target: u64) -> Arc<Self> {
-        let shared = Self::default();
-        shared.settle_target.store(settle_target, Relaxed);
-        Arc::new(shared)
+        Arc::new(Self {
+            connected: AtomicU64::default(),
+            logged_in: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            settle_target: AtomicU64::new(settle_target),
+            settled: AtomicU64::default(),
+            events: AtomicU64::default(),
+            received: AtomicU64::default(),
+            sent: AtomicU64::default(),
+            acked: AtomicU64::default(),
+            refused: AtomicU64::default(),
+            error_events: AtomicU64::default(),
+            last_event_nanos: AtomicU64::default(),
+            last_received_nanos: AtomicU64::default(),
+            latency: Mutex::new(latency_histogram()),
+            first_error: Mutex::new(None),
+        })
+    }
+
+    /// The latency of every timed message received so far, over all clients.
+    pub fn latency(&self) -> Histogram<u64> {
+        self.latency.lock().expect("not poisoned").clone()
     }
 
     /// Keeps the first error seen, for the summary.
@@ -121,8 +145,6 @@ pub struct Client {
     /// Send `add user` once connected (otherwise the socket stays anonymous).
     join: bool,
     shared: Arc<Shared>,
-    /// Latency of timed messages, µs.
-    pub latency: Histogram<u64>,
     /// Time from the start of the connection to `login` (or to connected, without a join), µs.
     pub ready_us: Option<u64>,
     started: Instant,
@@ -139,6 +161,8 @@ pub struct Client {
 struct Pending {
     events: u64,
     received: u64,
+    /// Latency of the timed messages received, µs.
+    latency_us: Vec<u64>,
     last_event_nanos: u64,
     last_received_nanos: u64,
 }
@@ -154,7 +178,6 @@ impl Client {
             name,
             join,
             shared,
-            latency: latency_histogram(),
             ready_us: None,
             started: Instant::now(),
             num_users: 0,
@@ -184,6 +207,12 @@ impl Client {
             shared
                 .last_received_nanos
                 .fetch_max(p.last_received_nanos, Relaxed);
+        }
+        if !p.latency_us.is_empty() {
+            let mut latency = shared.latency.lock().expect("not poisoned");
+            for &us in &p.latency_us {
+                latency.saturating_record(us.max(1));
+            }
         }
     }
 
@@ -239,7 +268,7 @@ impl Client {
                     "new message" => {
                         if let Some(sent_at) = proto::timed_nanos(raw) {
                             let us = now.saturating_sub(sent_at) / 1000;
-                            self.latency.saturating_record(us.max(1));
+                            self.pending.latency_us.push(us);
                             self.pending.received += 1;
                             self.pending.last_received_nanos = now;
                         }
@@ -337,6 +366,14 @@ pub async fn run(
     client
 }
 
+/// tungstenite zero-fills its whole read buffer (128 KiB by default) before every read from the
+/// socket: with a thousand receivers that memset was a quarter of the bench's CPU, taken from the
+/// cores it shares with the server. Chat frames are small; a larger frame still arrives whole,
+/// over several reads.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(2 * 1024)
+}
+
 async fn run_websocket(
     target: &Target,
     client: &mut Client,
@@ -351,24 +388,29 @@ async fn run_websocket(
     );
     let (mut ws, _) = timeout_at(
         ready_deadline,
-        tokio_tungstenite::connect_async_with_config(url, None, true),
+        tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true),
     )
     .await
     .context("websocket connect timed out")?
     .context("websocket connect")?;
+    // The timers and the stop signal live across iterations: a receiver wakes for every
+    // delivery, and building and registering them anew each time cost the bench CPU that it
+    // shares with the server.
     let flush = tokio::time::sleep(FLUSH_EVERY);
-    tokio::pin!(flush);
+    let deadline = sleep_until(ready_deadline);
+    let stopping = stopped(stop);
+    tokio::pin!(flush, deadline, stopping);
     loop {
         tokio::select! {
             () = &mut flush, if client.has_pending() => {
                 client.flush();
                 flush.as_mut().reset(tokio::time::Instant::now() + FLUSH_EVERY);
             }
-            _ = stopped(stop) => {
+            () = &mut stopping => {
                 let _ = timeout(Duration::from_millis(200), ws.close(None)).await;
                 return Ok(());
             }
-            _ = sleep_until(ready_deadline), if !client.is_ready() => {
+            () = &mut deadline, if !client.is_ready() => {
                 bail!("not ready before the deadline");
             }
             frame = ws.next() => match frame {

@@ -283,11 +283,8 @@ pub async fn fanout(common: &Common, p: &FanoutParams) -> anyhow::Result<Outcome
     };
     let offered_per_s = p.rate * per_message as f64;
     let first_error = shared.first_error();
-    let all = fleet.finish().await;
-    let mut latency = latency_histogram();
-    for c in &all {
-        latency.add(&c.latency).ok();
-    }
+    fleet.finish().await;
+    let latency = shared.latency();
     let server_cpu = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) => Some(round2(a - b)),
         _ => None,
