@@ -35,7 +35,6 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
-import { io } from 'socket.io-client';
 import {
   ack,
   cleanup,
@@ -46,7 +45,6 @@ import {
   sendOk,
   sleep,
   stopAllServers,
-  track,
   uniqueName,
   waitForUpgrade,
 } from './harness.mjs';
@@ -58,6 +56,9 @@ import {
   assertEveryoneHearsEveryone,
   assertJoinsLoggedWhereServed,
   describeWithSoftware,
+  lastHandshake,
+  openMover,
+  pollingOpenClose,
   soleUpstream as soleUpstreamOf,
   startInstances,
   startHaproxy,
@@ -172,17 +173,8 @@ describeWithSoftware({ title: 'Banter behind HAProxy (deploy/haproxy.cfg), three
 
   /** Where HAProxy sends `address` without a cookie: a raw polling handshake, then its close. */
   async function probe(address) {
-    const open = await httpRequest(`${haproxy.url}/socket.io/?EIO=4&transport=polling`, { localAddress: address });
-    assert.equal(open.status, 200, `handshake from ${address}: ${open.status} ${open.body}`);
-    const { sid } = JSON.parse(open.body.slice(1));
-    const close = await httpRequest(`${haproxy.url}/socket.io/?EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`, {
-      method: 'POST',
-      body: '1',
-      localAddress: address,
-      headers: { 'content-type': 'text/plain;charset=UTF-8' },
-    });
     // The close carries no cookie: it reaches the session's instance only through the address hash.
-    assert.equal(close.status, 200, `close from ${address}: ${close.status} ${close.body}`);
+    const { open, close } = await pollingOpenClose(haproxy.url, address);
     assert.equal(close.headers['x-upstream'], open.headers['x-upstream'], `${address} moved between requests`);
     return { upstream: open.headers['x-upstream'], cookie: serverIdIn(open.headers['set-cookie']) };
   }
@@ -204,38 +196,6 @@ describeWithSoftware({ title: 'Banter behind HAProxy (deploy/haproxy.cfg), three
     const client = { name: uniqueName(label), address, agent, socket, keepsCookies, disconnects: [], upstream: null };
     socket.on('disconnect', (reason) => client.disconnects.push(reason));
     return client;
-  }
-
-  /**
-   * A polling client that keeps cookies and reconnects as the chat page does: with its session
-   * token in the handshake (the caller then sends `add user` again with the last id it saw).
-   */
-  async function openMover(address) {
-    const m = { address, name: uniqueName('mover'), session: null, lastId: 0, agent: new WitnessAgent(address) };
-    m.socket = track(
-      io(haproxy.url, {
-        forceNew: true,
-        transports: ['polling'],
-        withCredentials: true,
-        agent: m.agent,
-        extraHeaders: { origin: haproxy.url },
-        reconnectionDelay: 100,
-        reconnectionDelayMax: 500,
-        auth: (cb) => cb(m.session ? { session: m.session } : {}),
-      }),
-      m.name,
-    );
-    m.socket.on('new message', (msg) => {
-      m.lastId = Math.max(m.lastId, msg.id);
-    });
-    await once(m.socket, 'connect');
-    m.session = (await joinOk(m.socket, m.name)).session;
-    return m;
-  }
-
-  /** A client's latest Engine.IO handshake (a polling GET without sid) that an instance answered. */
-  function lastHandshake(m) {
-    return m.agent.responses.filter((r) => r.status === 200 && !/[?&]sid=/.test(r.path)).at(-1);
   }
 
   const soleUpstream = (client) => soleUpstreamOf(client, byUpstream);
@@ -531,7 +491,7 @@ describeWithSoftware({ title: 'Banter behind HAProxy (deploy/haproxy.cfg), three
     // Clients that reconnect as the chat page does, keeping cookies as a browser does.
     const movers = [];
     for (const address of groups.get(doomed.upstream).slice(PER_INSTANCE + 1, PER_INSTANCE + 3)) {
-      movers.push(await openMover(address));
+      movers.push(await openMover(haproxy.url, address, { withCredentials: true }));
     }
     for (const m of movers) assert.deepEqual(m.agent.upstreams(), [doomed.upstream], `${m.name} starts on the doomed instance`);
     const { id: lastSeen } = await sendOk(watcher.socket, 'before the kill');
@@ -620,7 +580,7 @@ describeWithSoftware({ title: 'Banter behind HAProxy (deploy/haproxy.cfg), three
   it('when an instance is stopped with SIGTERM, the health check marks it down, its clients move, and its cookie is redispatched at once', async () => {
     assert.equal(instances.length, 2, 'the previous test killed one instance');
     const [stopping, last] = instances;
-    const mover = await openMover(groups.get(stopping.upstream)[PER_INSTANCE + 3]);
+    const mover = await openMover(haproxy.url, groups.get(stopping.upstream)[PER_INSTANCE + 3], { withCredentials: true });
     assert.deepEqual(mover.agent.upstreams(), [stopping.upstream]);
     const reconnected = once(mover.socket, 'connect', 15_000);
 

@@ -15,7 +15,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { repoRoot, sendOk, sleep, startServer } from './harness.mjs';
+import { io } from 'socket.io-client';
+import { joinOk, once, repoRoot, sendOk, sleep, startServer, track, uniqueName } from './harness.mjs';
 
 export const SHIPPED_NGINX_CONF = path.join(repoRoot, 'deploy/nginx.conf');
 export const SHIPPED_HAPROXY_CFG = path.join(repoRoot, 'deploy/haproxy.cfg');
@@ -332,6 +333,67 @@ export async function waitUntil(
     }
     await sleep(every);
   }
+}
+
+/**
+ * A raw polling session from `address` through a load balancer at `url`: the Engine.IO handshake,
+ * then its close ("1"), each of which must answer 200. Returns both responses, from which the
+ * caller reads which instance answered each (`X-Upstream`) and any cookie.
+ */
+export async function pollingOpenClose(url, address, headers = {}) {
+  const open = await httpRequest(`${url}/socket.io/?EIO=4&transport=polling`, { localAddress: address, headers });
+  assert.equal(open.status, 200, `handshake from ${address}: ${open.status} ${open.body}`);
+  const { sid } = JSON.parse(open.body.slice(1));
+  const close = await httpRequest(`${url}/socket.io/?EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`, {
+    method: 'POST',
+    body: '1',
+    localAddress: address,
+    headers: { ...headers, 'content-type': 'text/plain;charset=UTF-8' },
+  });
+  assert.equal(close.status, 200, `close from ${address}: ${close.status} ${close.body}`);
+  return { open, close };
+}
+
+/**
+ * The instance that answered a raw response through the test's nginx: the last of the
+ * `X-Upstream` list (nginx appends one name per upstream it tried).
+ */
+export function answeredBy(response) {
+  return (response.headers['x-upstream'] ?? '').split(',').at(-1).trim();
+}
+
+/**
+ * A polling socket.io-client from `address` through the load balancer at `url` that reconnects as
+ * the chat page does: with its session token in the handshake (the caller then sends `add user`
+ * again with the last id it saw, `m.lastId`). Its WitnessAgent (`m.agent`) records every request.
+ * `ioOptions` adds client options (HAProxy's cookie stickiness needs `withCredentials`).
+ */
+export async function openMover(url, address, ioOptions = {}) {
+  const m = { address, name: uniqueName('mover'), session: null, lastId: 0, agent: new WitnessAgent(address) };
+  m.socket = track(
+    io(url, {
+      forceNew: true,
+      transports: ['polling'],
+      agent: m.agent,
+      extraHeaders: { origin: url },
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 500,
+      auth: (cb) => cb(m.session ? { session: m.session } : {}),
+      ...ioOptions,
+    }),
+    m.name,
+  );
+  m.socket.on('new message', (msg) => {
+    m.lastId = Math.max(m.lastId, msg.id);
+  });
+  await once(m.socket, 'connect');
+  m.session = (await joinOk(m.socket, m.name)).session;
+  return m;
+}
+
+/** A mover's latest Engine.IO handshake (a polling GET without sid) that an instance answered. */
+export function lastHandshake(m) {
+  return m.agent.responses.filter((r) => r.status === 200 && !/[?&]sid=/.test(r.path)).at(-1);
 }
 
 /**

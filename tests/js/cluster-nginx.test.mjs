@@ -49,11 +49,15 @@ import {
 } from './harness.mjs';
 import {
   WitnessAgent,
+  answeredBy,
   findProgram,
   httpRequest,
   assertEveryoneHearsEveryone,
   assertJoinsLoggedWhereServed,
   describeWithSoftware,
+  lastHandshake,
+  openMover,
+  pollingOpenClose,
   soleUpstream as soleUpstreamOf,
   startInstances,
   startNginx,
@@ -115,55 +119,10 @@ describeWithSoftware({ title: 'Banter behind nginx (deploy/nginx.conf), three in
 
   /** Where nginx sends `address`: a raw polling handshake from it, then its close ("1"). */
   async function probe(address) {
-    const open = await httpRequest(`${nginx.url}/socket.io/?EIO=4&transport=polling`, { localAddress: address });
-    assert.equal(open.status, 200, `handshake from ${address}: ${open.status} ${open.body}`);
-    const { sid } = JSON.parse(open.body.slice(1));
-    const close = await httpRequest(`${nginx.url}/socket.io/?EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`, {
-      method: 'POST',
-      body: '1',
-      localAddress: address,
-      headers: { 'content-type': 'text/plain;charset=UTF-8' },
-    });
+    const { open, close } = await pollingOpenClose(nginx.url, address);
     // The close reaches the instance that holds the session only if nginx is sticky.
-    assert.equal(close.status, 200, `close from ${address}: ${close.status} ${close.body}`);
-    assert.equal(answered(close), answered(open), `${address} moved between requests`);
-    return answered(open);
-  }
-
-  /** The instance that answered a raw response: the last of the X-Upstream list. */
-  function answered(response) {
-    return (response.headers['x-upstream'] ?? '').split(',').at(-1).trim();
-  }
-
-  /**
-   * A polling client through nginx that reconnects as the chat page does: with its session token
-   * in the handshake (the caller then sends `add user` again with the last id it saw).
-   */
-  async function openMover(address) {
-    const m = { address, name: uniqueName('mover'), session: null, lastId: 0, agent: new WitnessAgent(address) };
-    m.socket = track(
-      io(nginx.url, {
-        forceNew: true,
-        transports: ['polling'],
-        agent: m.agent,
-        extraHeaders: { origin: nginx.url },
-        reconnectionDelay: 100,
-        reconnectionDelayMax: 500,
-        auth: (cb) => cb(m.session ? { session: m.session } : {}),
-      }),
-      m.name,
-    );
-    m.socket.on('new message', (msg) => {
-      m.lastId = Math.max(m.lastId, msg.id);
-    });
-    await once(m.socket, 'connect');
-    m.session = (await joinOk(m.socket, m.name)).session;
-    return m;
-  }
-
-  /** The instance that served a client's latest Engine.IO handshake (a request without sid). */
-  function handshakeUpstream(m) {
-    return m.agent.responses.filter((r) => r.status === 200 && !/[?&]sid=/.test(r.path)).at(-1)?.upstream;
+    assert.equal(answeredBy(close), answeredBy(open), `${address} moved between requests`);
+    return answeredBy(open);
   }
 
   /**
@@ -419,7 +378,7 @@ describeWithSoftware({ title: 'Banter behind nginx (deploy/nginx.conf), three in
     // instance's share.
     const movers = [];
     for (const address of groups.get(doomed.upstream).slice(PER_INSTANCE, PER_INSTANCE + 2)) {
-      movers.push(await openMover(address));
+      movers.push(await openMover(nginx.url, address));
     }
     for (const m of movers) assert.deepEqual(m.agent.upstreams(), [doomed.upstream], `${m.name} starts on the doomed instance`);
     const { id: lastSeen } = await sendOk(watcher.socket, 'before the kill');
@@ -442,7 +401,7 @@ describeWithSoftware({ title: 'Banter behind nginx (deploy/nginx.conf), three in
       assert.equal(login.username, m.name, `${m.name} keeps its nickname`);
       assert.deepEqual(login.history.map((h) => h.id), missed, `${m.name} gets exactly what it missed`);
       assert.equal(login.historyComplete, true);
-      const moved = handshakeUpstream(m);
+      const moved = lastHandshake(m)?.upstream;
       assert.ok(moved !== doomed.upstream && byUpstream.has(moved), `${m.name} reconnected through ${moved}`);
     }
 
@@ -487,7 +446,7 @@ describeWithSoftware({ title: 'Banter behind nginx (deploy/nginx.conf), three in
     const [stopping, last] = instances;
     const watcher = clients.find((c) => c.upstream === last.upstream);
     assert.ok(watcher, 'a client on the instance that stays');
-    const mover = await openMover(groups.get(stopping.upstream)[PER_INSTANCE]);
+    const mover = await openMover(nginx.url, groups.get(stopping.upstream)[PER_INSTANCE]);
     assert.deepEqual(mover.agent.upstreams(), [stopping.upstream]);
     const lost = clients.filter((c) => c.upstream === stopping.upstream);
     assert.ok(lost.length >= PER_INSTANCE);
@@ -501,7 +460,7 @@ describeWithSoftware({ title: 'Banter behind nginx (deploy/nginx.conf), three in
     await reconnected;
     const login = await joinOk(mover.socket, { username: mover.name, lastId: mover.lastId });
     assert.equal(login.username, mover.name, 'the mover keeps its nickname');
-    assert.equal(handshakeUpstream(mover), last.upstream, 'nginx sent the mover to the instance left');
+    assert.equal(lastHandshake(mover)?.upstream, last.upstream, 'nginx sent the mover to the instance left');
 
     // Reported left once the grace period (3 s) from the stop is over: far sooner than this
     // instance's heartbeat timeout (10 s) plus the grace period would allow.

@@ -59,10 +59,12 @@ import { io } from 'socket.io-client';
 import { BANTER_BIN, ack, cleanup, repoRoot, sleep, track } from './harness.mjs';
 import {
   WitnessAgent,
+  answeredBy,
   findProgram,
   freePort,
   httpRequest,
   describeWithSoftware,
+  pollingOpenClose,
   spawnTracked,
   startNginx,
   startRedis,
@@ -155,18 +157,8 @@ describeWithSoftware({ title: 'rolling restart: three instances behind nginx, ea
 
   /** Where nginx sends `address`: a raw polling handshake from it, then its close ("1"). */
   async function probe(address) {
-    const headers = { origin: nginx.url };
-    const open = await httpRequest(`${nginx.url}/socket.io/?EIO=4&transport=polling`, { localAddress: address, headers });
-    assert.equal(open.status, 200, `handshake from ${address}: ${open.status} ${open.body}`);
-    const { sid } = JSON.parse(open.body.slice(1));
-    const close = await httpRequest(`${nginx.url}/socket.io/?EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`, {
-      method: 'POST',
-      body: '1',
-      localAddress: address,
-      headers: { ...headers, 'content-type': 'text/plain;charset=UTF-8' },
-    });
-    assert.equal(close.status, 200, `close from ${address}: ${close.status} ${close.body}`);
-    return (open.headers['x-upstream'] ?? '').split(',').at(-1).trim();
+    const { open } = await pollingOpenClose(nginx.url, address, { origin: nginx.url });
+    return answeredBy(open);
   }
 
   // -----------------------------------------------------------------------------------------
