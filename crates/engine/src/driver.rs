@@ -1,0 +1,733 @@
+//! The one task of a session. It reads the client's WebSocket frames (or takes the packets its
+//! POSTs carried), writes its outbound queue, keeps the heartbeat, probes and completes an upgrade
+//! from long-polling to WebSocket, runs the layer above Engine.IO, and closes the session.
+//!
+//! It is a hand-written future rather than a `select!` loop so that its state is exactly its
+//! fields: an idle WebSocket session holds no read buffer (frames are read through a buffer on
+//! the stack, and only the start of an incomplete frame is kept) and no write buffer (frames are
+//! written from the shared queue, several per `writev`).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::engine::{Layer, LayerFactory, Message, Shared};
+use crate::outbox::{CLOSE, Frame, NOOP, PING, PROBE_ANSWER, Take};
+use crate::proto::eio;
+use crate::proto::heartbeat::{Beat, Heartbeat};
+use crate::proto::ws::{self, FrameReader, Incoming};
+use crate::session::{CloseReason, Session, Transport};
+
+/// Bytes read from a WebSocket at once, into a buffer on the stack.
+const READ_CHUNK: usize = 8 * 1024;
+/// Frames written in one `writev`.
+const MAX_SLICES: usize = 64;
+/// Rounds of work in one wake-up before the task yields to others.
+const MAX_ROUNDS: usize = 16;
+/// How long a closing session may take to finish: its handlers, flushing a WebSocket, or a
+/// polling client's last GET to fetch the close packet.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A WebSocket of the session: the transport, or one being probed.
+struct Ws {
+    io: TokioIo<Upgraded>,
+    reader: FrameReader,
+    /// Bytes to write, and what each counts against the outbound bound.
+    queue: VecDeque<(Bytes, usize)>,
+    unflushed: bool,
+    /// No more frames will be read (the client closed, or broke the rules).
+    read_done: bool,
+    /// A write failed: nothing more can be sent.
+    broken: bool,
+    /// Shut down after the queue is written.
+    closing: bool,
+}
+
+impl Ws {
+    fn new(upgraded: Upgraded, max_payload: usize) -> Self {
+        Self {
+            io: TokioIo::new(upgraded),
+            reader: FrameReader::new(max_payload),
+            queue: VecDeque::new(),
+            unflushed: false,
+            read_done: false,
+            broken: false,
+            closing: false,
+        }
+    }
+
+    /// Reads what has arrived: the messages, and how the stream ended if it did. A violation of
+    /// RFC 6455 queues the close frame that answers it and ends reading.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
+        let mut buf = [0u8; READ_CHUNK];
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => {
+                self.read_done = true;
+                Poll::Ready(Read::end(CloseReason::TransportError))
+            }
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                if n == 0 {
+                    self.read_done = true;
+                    return Poll::Ready(Read::end(CloseReason::TransportClose));
+                }
+                let mut messages = Vec::new();
+                let mut end = None;
+                if let Err(err) = self.reader.read(&mut buf[..n], &mut |m| messages.push(m)) {
+                    tracing::debug!(%err, "closing a WebSocket that broke the protocol");
+                    self.read_done = true;
+                    self.queue.push_back((ws::close_frame(err.code), 0));
+                    self.closing = true;
+                    end = Some(CloseReason::TransportError);
+                }
+                Poll::Ready(Read { messages, end })
+            }
+        }
+    }
+
+    /// Writes as much of the queue as the connection takes; `true` when it wrote something.
+    fn poll_write(&mut self, cx: &mut Context<'_>, mut done: impl FnMut(usize)) -> bool {
+        let mut wrote = false;
+        while !self.queue.is_empty() && !self.broken {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = self.queue.len().min(MAX_SLICES);
+            for (slot, (bytes, _)) in slices.iter_mut().zip(self.queue.iter()) {
+                *slot = IoSlice::new(bytes);
+            }
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Pending => return wrote,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.broken = true;
+                    return wrote;
+                }
+                Poll::Ready(Ok(mut written)) => {
+                    wrote = true;
+                    self.unflushed = true;
+                    while written > 0 {
+                        let Some((front, cost)) = self.queue.front_mut() else {
+                            break;
+                        };
+                        if written >= front.len() {
+                            written -= front.len();
+                            done(*cost);
+                            self.queue.pop_front();
+                        } else {
+                            front.advance(written);
+                            written = 0;
+                        }
+                    }
+                }
+            }
+        }
+        if self.unflushed && !self.broken {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => self.broken = true,
+                Poll::Pending => {}
+            }
+        }
+        if self.closing && self.queue.is_empty() && !self.broken {
+            let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+        }
+        wrote
+    }
+
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && !self.unflushed
+    }
+}
+
+/// What one read of a WebSocket brought.
+struct Read {
+    messages: Vec<Incoming>,
+    /// The stream ended, or must: the client's close frame comes as a message instead.
+    end: Option<CloseReason>,
+}
+
+impl Read {
+    fn end(reason: CloseReason) -> Self {
+        Self {
+            messages: Vec::new(),
+            end: Some(reason),
+        }
+    }
+}
+
+enum Probe {
+    /// The 101 answer is out; waiting for hyper to hand the connection over.
+    Upgrading(OnUpgrade),
+    /// Open; `probed` once the client's `2probe` was answered.
+    Open { ws: Ws, probed: bool },
+}
+
+struct Closing {
+    reason: CloseReason,
+    deadline: Instant,
+}
+
+/// Everything of the task but its timer.
+struct State<F: LayerFactory> {
+    shared: Arc<Shared<F>>,
+    session: Arc<Session>,
+    layer: F::Layer,
+    heartbeat: Heartbeat,
+    /// A session opened over WebSocket: the upgrade to wait for, and the open packet.
+    opening: Option<(OnUpgrade, Frame)>,
+    ws: Option<Ws>,
+    probe: Option<(Probe, Instant)>,
+    /// Packets read, waiting for the layer to take them.
+    inbox: VecDeque<eio::Inbound>,
+    /// The client ended the transport after the packets in `inbox`: the session closes for
+    /// this reason once they are handled.
+    end_after_inbox: Option<CloseReason>,
+    closing: Option<Closing>,
+}
+
+pin_project_lite::pin_project! {
+    /// The task of one session.
+    pub(crate) struct Driver<F: LayerFactory> {
+        #[pin]
+        timer: Sleep,
+        timer_at: Instant,
+        state: State<F>,
+        done: bool,
+    }
+}
+
+impl<F: LayerFactory> Driver<F> {
+    pub(crate) fn new(
+        shared: Arc<Shared<F>>,
+        session: Arc<Session>,
+        layer: F::Layer,
+        opening: Option<(OnUpgrade, Frame)>,
+    ) -> Self {
+        let now = now();
+        let config = &shared.config;
+        let heartbeat = Heartbeat::new(now, config.ping_interval, config.ping_timeout);
+        let at = heartbeat.deadline();
+        Self {
+            timer: tokio::time::sleep_until(at.into()),
+            timer_at: at,
+            state: State {
+                shared,
+                session,
+                layer,
+                heartbeat,
+                opening,
+                ws: None,
+                probe: None,
+                inbox: VecDeque::new(),
+                end_after_inbox: None,
+                closing: None,
+            },
+            done: false,
+        }
+    }
+}
+
+impl<F: LayerFactory> Future for Driver<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(());
+        }
+        for _ in 0..MAX_ROUNDS {
+            let fired = this.timer.as_mut().poll(cx).is_ready();
+            match this.state.step(cx) {
+                Step::Done => {
+                    *this.done = true;
+                    this.state.finish();
+                    return Poll::Ready(());
+                }
+                Step::Again => {}
+                Step::Wait(deadline) => {
+                    if deadline == *this.timer_at && !fired {
+                        return Poll::Pending;
+                    }
+                    *this.timer_at = deadline;
+                    this.timer.as_mut().reset(deadline.into());
+                    // Registers the new deadline; one that has passed already means more work.
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        // Much to do: let other tasks run, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+enum Step {
+    /// Nothing more can happen before a wake-up or this deadline.
+    Wait(Instant),
+    /// Progress was made; go round again.
+    Again,
+    /// The session is over.
+    Done,
+}
+
+impl<F: LayerFactory> State<F> {
+    fn step(&mut self, cx: &mut Context<'_>) -> Step {
+        let mut busy = false;
+        busy |= self.take_control(cx);
+        busy |= self.open(cx);
+        busy |= self.read(cx);
+        busy |= self.probe(cx);
+        busy |= self.feed();
+        let layer_idle = self.layer.poll_work(cx).is_ready();
+        busy |= self.timers();
+        busy |= self.write(cx);
+        if let Some(closing) = &self.closing
+            && (now() >= closing.deadline || self.closed(layer_idle))
+        {
+            return Step::Done;
+        }
+        if busy {
+            return Step::Again;
+        }
+        Step::Wait(self.deadline())
+    }
+
+    fn deadline(&self) -> Instant {
+        if let Some(closing) = &self.closing {
+            return closing.deadline;
+        }
+        let mut at = self.heartbeat.deadline();
+        if let Some(layer) = self.layer.deadline() {
+            at = at.min(layer);
+        }
+        if let Some((_, probe)) = &self.probe {
+            at = at.min(*probe);
+        }
+        at
+    }
+
+    /// Takes what other tasks handed over; registers for more.
+    fn take_control(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut c = self.session.control();
+        match &c.driver {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => c.driver = Some(cx.waker().clone()),
+        }
+        let mut busy = false;
+        if let Some(reason) = c.close.take() {
+            drop(c);
+            self.close(reason);
+            return true;
+        }
+        if !c.inbox.is_empty() && self.inbox.is_empty() {
+            self.inbox = std::mem::take(&mut c.inbox);
+            if let Some(w) = c.post_waiter.take() {
+                w.wake();
+            }
+            busy = true;
+        }
+        if let Some(upgrade) = c.probe.take() {
+            if self.probe.is_none() && self.closing.is_none() {
+                let deadline = now() + self.shared.config.upgrade_timeout;
+                self.probe = Some((Probe::Upgrading(upgrade), deadline));
+            }
+            busy = true;
+        }
+        busy
+    }
+
+    /// A session opened over WebSocket: waits for the connection, then sends the open packet.
+    fn open(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((upgrade, _)) = &mut self.opening else {
+            return false;
+        };
+        let result = match Pin::new(upgrade).poll(cx) {
+            Poll::Pending => return false,
+            Poll::Ready(result) => result,
+        };
+        let Some((_, open)) = self.opening.take() else {
+            return false;
+        };
+        match result {
+            Ok(upgraded) => {
+                let mut ws = Ws::new(upgraded, self.shared.config.max_payload);
+                ws.queue.push_back((open.ws().clone(), 0));
+                self.ws = Some(ws);
+            }
+            Err(err) => {
+                tracing::debug!(%err, "a WebSocket handshake did not complete");
+                self.close(CloseReason::TransportError);
+            }
+        }
+        true
+    }
+
+    /// Reads the transport WebSocket, while the layer takes more.
+    fn read(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(ws) = &mut self.ws else {
+            return false;
+        };
+        if ws.read_done || !self.inbox.is_empty() || !self.layer.accepting() {
+            return false;
+        }
+        match ws.poll_read(cx) {
+            Poll::Pending => false,
+            Poll::Ready(read) => {
+                self.take_incoming(read);
+                true
+            }
+        }
+    }
+
+    /// Queues what the transport WebSocket brought for the layer, and answers its control
+    /// frames.
+    fn take_incoming(&mut self, read: Read) {
+        let mut end = read.end;
+        for message in read.messages {
+            match message {
+                Incoming::Text(text) => match eio::decode_text(text) {
+                    Ok(packet) => self.inbox.push_back(packet),
+                    Err(err) => {
+                        tracing::debug!(sid = %self.session.sid(), %err, "unreadable packet");
+                        end = Some(CloseReason::ParseError);
+                        break;
+                    }
+                },
+                Incoming::Binary(data) => self.inbox.push_back(eio::Inbound::Binary(data)),
+                Incoming::Ping(data) => {
+                    if let Some(ws) = &mut self.ws {
+                        ws.queue.push_back((ws::pong_frame(&data), 0));
+                    }
+                }
+                Incoming::Close(_) => {
+                    if let Some(ws) = &mut self.ws
+                        && !ws.closing
+                    {
+                        ws.queue.push_back((ws::close_frame(1000), 0));
+                        ws.closing = true;
+                    }
+                    end = end.or(Some(CloseReason::TransportClose));
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = end {
+            if let Some(ws) = &mut self.ws {
+                ws.read_done = true;
+            }
+            self.end_after_inbox = self.end_after_inbox.or(Some(reason));
+        }
+    }
+
+    /// Gives read packets to the layer, as far as it takes them; then applies an end of the
+    /// transport that came after them.
+    fn feed(&mut self) -> bool {
+        let mut busy = false;
+        while let Some(packet) = self.inbox.front() {
+            if self.closing.is_some() {
+                self.inbox.clear();
+                break;
+            }
+            let urgent = matches!(packet, eio::Inbound::Pong(_) | eio::Inbound::Noop);
+            if !urgent && !self.layer.accepting() {
+                break;
+            }
+            let Some(packet) = self.inbox.pop_front() else {
+                break;
+            };
+            busy = true;
+            let result = match packet {
+                eio::Inbound::Close => Err(CloseReason::TransportClose),
+                eio::Inbound::Pong(_) => {
+                    self.heartbeat.on_pong(now());
+                    Ok(())
+                }
+                eio::Inbound::Noop => Ok(()),
+                // In Engine.IO v4 only the server pings (probes come on the probe WebSocket).
+                eio::Inbound::Ping(_) => Err(CloseReason::TransportError),
+                // An upgrade packet belongs on a WebSocket being probed, not on the transport.
+                eio::Inbound::Upgrade => Err(CloseReason::ParseError),
+                eio::Inbound::Message(text) => self.layer.message(Message::Text(text)),
+                eio::Inbound::Binary(data) => self.layer.message(Message::Binary(data)),
+            };
+            if let Err(reason) = result {
+                self.close(reason);
+            }
+        }
+        if self.inbox.is_empty()
+            && let Some(reason) = self.end_after_inbox.take()
+        {
+            self.close(reason);
+            busy = true;
+        }
+        busy
+    }
+
+    /// Drives an upgrade in progress.
+    fn probe(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((probe, deadline)) = &mut self.probe else {
+            return false;
+        };
+        if now() >= *deadline {
+            tracing::debug!(sid = %self.session.sid(), "upgrade timed out");
+            self.probe = None;
+            return true;
+        }
+        if let Probe::Upgrading(upgrade) = probe {
+            match Pin::new(upgrade).poll(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(Err(_)) => {
+                    self.probe = None;
+                    return true;
+                }
+                Poll::Ready(Ok(upgraded)) => {
+                    *probe = Probe::Open {
+                        ws: Ws::new(upgraded, self.shared.config.max_payload),
+                        probed: false,
+                    };
+                }
+            }
+        }
+        let Probe::Open { ws, probed } = probe else {
+            return false;
+        };
+        let busy = ws.poll_write(cx, |_| {});
+        if ws.broken {
+            self.probe = None;
+            return true;
+        }
+        let read = match ws.poll_read(cx) {
+            Poll::Pending => return busy,
+            Poll::Ready(read) => read,
+        };
+        let mut messages = read.messages.into_iter();
+        let mut upgrade = false;
+        let mut abort = read.end.is_some();
+        for message in messages.by_ref() {
+            let packet = match message {
+                Incoming::Text(text) => eio::decode_text(text),
+                Incoming::Ping(data) => {
+                    ws.queue.push_back((ws::pong_frame(&data), 0));
+                    continue;
+                }
+                Incoming::Binary(_) | Incoming::Close(_) => {
+                    abort = true;
+                    break;
+                }
+            };
+            match packet {
+                Ok(eio::Inbound::Ping(data)) if &data[..] == b"probe" && !*probed => {
+                    *probed = true;
+                    ws.queue.push_back((PROBE_ANSWER.ws().clone(), 0));
+                    // Releases a pending GET, so that the client can pause polling.
+                    let _ = self.session.send(NOOP);
+                }
+                Ok(eio::Inbound::Upgrade) if *probed => {
+                    upgrade = true;
+                    break;
+                }
+                _ => {
+                    abort = true;
+                    break;
+                }
+            }
+        }
+        if upgrade && let Some((Probe::Open { ws, .. }, _)) = self.probe.take() {
+            self.ws = Some(ws);
+            self.session.set_upgraded();
+            // A GET still waiting is answered with a noop.
+            self.session.outbox.wake_consumer();
+            tracing::trace!(sid = %self.session.sid(), "upgraded to WebSocket");
+            // Whatever came after the upgrade packet is the transport's now.
+            self.take_incoming(Read {
+                messages: messages.collect(),
+                end: read.end,
+            });
+            return true;
+        }
+        if abort {
+            tracing::debug!(sid = %self.session.sid(), "upgrade aborted");
+            self.probe = None;
+        }
+        true
+    }
+
+    fn timers(&mut self) -> bool {
+        let now = now();
+        let mut busy = false;
+        if self.closing.is_none() && now >= self.heartbeat.deadline() {
+            match self.heartbeat.on_timer(now) {
+                Beat::Ping => {
+                    let _ = self.session.send(PING);
+                    busy = true;
+                }
+                Beat::TimedOut => {
+                    self.close(CloseReason::PingTimeout);
+                    busy = true;
+                }
+                Beat::Wait => {}
+            }
+        }
+        if self.closing.is_none()
+            && self.layer.deadline().is_some_and(|at| now >= at)
+            && let Some(reason) = self.layer.on_timer(now)
+        {
+            self.close(reason);
+            busy = true;
+        }
+        busy
+    }
+
+    /// Writes the transport WebSocket: its own frames, then the outbound queue.
+    fn write(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(ws) = &mut self.ws else {
+            return false;
+        };
+        let outbox = &self.session.outbox;
+        let mut busy = false;
+        loop {
+            if ws.queue.is_empty()
+                && !ws.closing
+                && !ws.broken
+                && let Poll::Ready(Take::Frames(frames)) = outbox.poll_take(cx)
+            {
+                ws.queue
+                    .extend(frames.into_iter().map(|f| (f.ws().clone(), f.cost())));
+            }
+            if !ws.poll_write(cx, |cost| {
+                if cost > 0 {
+                    outbox.written(cost);
+                }
+            }) {
+                break;
+            }
+            busy = true;
+        }
+        if ws.broken && self.closing.is_none() {
+            self.close(CloseReason::TransportError);
+            return true;
+        }
+        busy
+    }
+
+    /// Begins closing the session; `step` finishes it.
+    fn close(&mut self, reason: CloseReason) {
+        if self.closing.is_some() {
+            return;
+        }
+        tracing::debug!(sid = %self.session.sid(), %reason, "session closing");
+        {
+            let mut c = self.session.control();
+            c.ended = true;
+            c.close = None;
+            if let Some(w) = c.post_waiter.take() {
+                w.wake();
+            }
+        }
+        self.probe = None;
+        let transport = self.session.transport();
+        match reason {
+            // The server ends the session: what is queued goes out first, then the close.
+            CloseReason::ForcedClose | CloseReason::ServerShutdown => {
+                if transport == Transport::Polling {
+                    self.session.outbox.close();
+                    self.session.outbox.push_final(CLOSE);
+                } else {
+                    self.session.outbox.close();
+                    if let Some(ws) = &mut self.ws {
+                        ws.queue.extend(
+                            self.session
+                                .outbox
+                                .take_now()
+                                .into_iter()
+                                .map(|f| (f.ws().clone(), f.cost())),
+                        );
+                        ws.queue.push_back((ws::close_frame(1001), 0));
+                        ws.closing = true;
+                    }
+                }
+            }
+            // The client is gone or broken: nothing more is sent but a close frame.
+            _ => {
+                self.session.outbox.close();
+                if transport == Transport::Polling {
+                    self.session.outbox.push_final(CLOSE);
+                }
+                if let Some(ws) = &mut self.ws
+                    && !ws.closing
+                {
+                    ws.queue.clear();
+                    if reason != CloseReason::TooSlow && reason != CloseReason::TransportClose {
+                        ws.queue.push_back((ws::close_frame(1000), 0));
+                    }
+                    ws.closing = true;
+                }
+            }
+        }
+        self.layer.close(reason);
+        self.closing = Some(Closing {
+            reason,
+            deadline: now() + CLOSE_TIMEOUT,
+        });
+    }
+
+    /// Whether a closing session is done: the layer has finished, the WebSocket is flushed, and
+    /// a polling client has had its close packet (or is not waiting for it).
+    fn closed(&self, layer_idle: bool) -> bool {
+        let Some(closing) = &self.closing else {
+            return false;
+        };
+        if !layer_idle {
+            return false;
+        }
+        if let Some(ws) = &self.ws
+            && !ws.broken
+            && !ws.idle()
+        {
+            return false;
+        }
+        if self.session.transport() == Transport::Polling
+            && matches!(
+                closing.reason,
+                CloseReason::ForcedClose | CloseReason::ServerShutdown
+            )
+        {
+            // The client's next GET fetches the close packet, unless it is gone.
+            return self.session.outbox.is_empty();
+        }
+        true
+    }
+
+    fn finish(&mut self) {
+        self.shared.forget(self.session.sid());
+        self.session.outbox.close();
+        {
+            let mut c = self.session.control();
+            c.ended = true;
+            c.driver = None;
+            if let Some(w) = c.post_waiter.take() {
+                w.wake();
+            }
+        }
+        // A GET still waiting gets what is left, or the close packet.
+        self.session.outbox.wake_consumer();
+        self.ws = None;
+        self.shared.task_ended();
+    }
+}
