@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -363,9 +363,6 @@ pub async fn identify(
     next: Next,
 ) -> Response {
     let handshake = is_handshake(&request);
-    if handshake {
-        detach_head(&mut request);
-    }
     // Without the peer's address (a router driven directly, as in tests) there is nobody to
     // count.
     let Some(ConnectInfo(peer)) = request
@@ -400,30 +397,6 @@ pub async fn identify(
         );
     }
     response
-}
-
-/// Replaces the request's URI and headers with copies of their bytes.
-///
-/// Engine.IO keeps a session's handshake request head (`req_parts`) for the session's whole
-/// life. hyper parses a head without copying it: every header value, custom header name and the
-/// URI are slices of the connection's read buffer, and keeping any of them keeps the whole
-/// buffer, 16 KiB per connection (measured with valgrind's dhat: 41% of the heap of an idle
-/// WebSocket connection). A copy of the few hundred bytes lets the buffer go.
-fn detach_head(request: &mut Request) {
-    let headers = std::mem::take(request.headers_mut());
-    let mut copied = HeaderMap::with_capacity(headers.len());
-    for (name, value) in &headers {
-        let Ok(name) = HeaderName::from_bytes(name.as_str().as_bytes()) else {
-            continue;
-        };
-        let mut fresh = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        fresh.set_sensitive(value.is_sensitive());
-        copied.append(name, fresh);
-    }
-    *request.headers_mut() = copied;
-    if let Ok(uri) = Uri::try_from(request.uri().to_string()) {
-        *request.uri_mut() = uri;
-    }
 }
 
 /// An Engine.IO request that starts a session: on the engine's path, with a `transport` and
@@ -602,30 +575,6 @@ mod tests {
             "refilled, idle addresses are swept: {}",
             limits.tracked()
         );
-    }
-
-    #[test]
-    fn a_detached_head_keeps_every_header_and_the_uri() {
-        let mut request = Request::builder()
-            .uri("/socket.io/?EIO=4&transport=websocket&x=%20y")
-            .header("host", "chat.example:3000")
-            .header("x-custom", "one")
-            .header("x-custom", "two")
-            .header("cookie", "io=secret")
-            .body(axum::body::Body::empty())
-            .unwrap();
-        request
-            .headers_mut()
-            .get_mut("cookie")
-            .unwrap()
-            .set_sensitive(true);
-        let before = (request.uri().clone(), request.headers().clone());
-        detach_head(&mut request);
-        assert_eq!(request.uri(), &before.0);
-        assert_eq!(request.headers(), &before.1);
-        let all: Vec<_> = request.headers().get_all("x-custom").iter().collect();
-        assert_eq!(all, ["one", "two"], "repeated headers keep their order");
-        assert!(request.headers()["cookie"].is_sensitive());
     }
 
     #[test]

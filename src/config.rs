@@ -64,11 +64,17 @@ pub struct Config {
     #[arg(long, env = "BANTER_MAX_PAYLOAD_BYTES", default_value_t = 1_000_000)]
     pub max_payload_bytes: u64,
 
-    /// Packets that may wait for one slow client before more to it are dropped (and counted in
-    /// banter_dropped_packets_total). A client that drops behind this far recovers what it
-    /// missed through `lastId` when it reconnects.
-    #[arg(long, env = "BANTER_MAX_BUFFER_PACKETS", default_value_t = 1_024)]
-    pub max_buffer_packets: usize,
+    /// Bytes that may wait to be sent to one client. A client that falls further behind (a
+    /// stalled network, a tab in the background that stopped reading) is disconnected, counted
+    /// in banter_disconnects_total{reason="too slow"}, and catches up through `lastId` when it
+    /// reconnects. Broadcast data is shared, so this is not memory per client.
+    #[arg(long, env = "BANTER_MAX_BUFFERED_BYTES", default_value_t = 4 << 20)]
+    pub max_buffered_bytes: usize,
+
+    /// How long a new connection may take to join the Socket.IO namespace before it is closed, in
+    /// milliseconds (Node's connectTimeout).
+    #[arg(long, env = "BANTER_CONNECT_TIMEOUT_MS", default_value_t = 45_000)]
+    pub connect_timeout_ms: u64,
 
     /// Longest nickname, in characters (after trimming white space).
     #[arg(long, env = "BANTER_MAX_NAME_CHARS", default_value_t = 32)]
@@ -224,8 +230,11 @@ impl Config {
             bail!("--max-payload-bytes must be at least 1024");
         }
         usize::try_from(self.max_payload_bytes).context("--max-payload-bytes is too large")?;
-        if self.max_buffer_packets < 16 {
-            bail!("--max-buffer-packets must be at least 16");
+        if self.max_buffered_bytes < 64 * 1024 {
+            bail!("--max-buffered-bytes must be at least 65536");
+        }
+        if self.connect_timeout_ms == 0 {
+            bail!("--connect-timeout-ms must be positive");
         }
         if !(self.connect_rate_per_ip.is_finite() && self.connect_rate_per_ip >= 0.0) {
             bail!("--connect-rate-per-ip must be a number, 0 or more");
@@ -281,6 +290,10 @@ impl Config {
 
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_millis(self.ping_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
     }
 
     pub fn reconnect_grace(&self) -> Duration {

@@ -9,9 +9,24 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use banter_engine::socketio::DisconnectReason;
+
 use crate::chat::ErrorCode;
 use crate::clients::Refusal;
 use crate::cluster::RedisHealth;
+
+/// Every disconnect reason, for the per-reason counters.
+const REASONS: [DisconnectReason; 9] = [
+    DisconnectReason::TransportClose,
+    DisconnectReason::TransportError,
+    DisconnectReason::PingTimeout,
+    DisconnectReason::ParseError,
+    DisconnectReason::ForcedClose,
+    DisconnectReason::ServerShuttingDown,
+    DisconnectReason::ClientNamespaceDisconnect,
+    DisconnectReason::ServerNamespaceDisconnect,
+    DisconnectReason::TooSlow,
+];
 
 /// Every refusal code, in the order of `ErrorCode`'s variants, for the per-code counters.
 const CODES: [ErrorCode; 11] = [
@@ -48,7 +63,7 @@ pub struct Metrics {
     /// Cumulative counts per bucket, then +Inf; and the sum in microseconds.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
-    dropped_packets_total: AtomicU64,
+    disconnects_total: [AtomicU64; REASONS.len()],
     refused_addresses_rate_total: AtomicU64,
     refused_addresses_open_total: AtomicU64,
 }
@@ -58,6 +73,15 @@ pub struct Metrics {
 pub enum Transport {
     Websocket,
     Polling,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Websocket => "websocket",
+            Self::Polling => "polling",
+        }
+    }
 }
 
 impl Metrics {
@@ -73,8 +97,11 @@ impl Metrics {
         self.connects_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn disconnected(&self, transport: Transport) {
+    pub fn disconnected(&self, transport: Transport, reason: DisconnectReason) {
         self.gauge(transport).fetch_sub(1, Ordering::Relaxed);
+        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+            self.disconnects_total[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn joined(&self) {
@@ -96,12 +123,6 @@ impl Metrics {
         self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-
-    /// Packets a broadcast could not queue for a client whose buffer was full.
-    pub fn dropped(&self, packets: u64) {
-        self.dropped_packets_total
-            .fetch_add(packets, Ordering::Relaxed);
     }
 
     /// A client address over its bounds was refused a new connection.
@@ -197,10 +218,17 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP banter_dropped_packets_total Packets not queued for a client whose send \
-             buffer was full.\n# TYPE banter_dropped_packets_total counter\nbanter_dropped_packets_total {}",
-            get(&self.dropped_packets_total)
+            "# HELP banter_disconnects_total Socket.IO connections ended, by reason (\"too slow\": \
+             the client fell further behind than BANTER_MAX_BUFFERED_BYTES).\n# TYPE banter_disconnects_total counter"
         );
+        for (reason, count) in REASONS.iter().zip(&self.disconnects_total) {
+            let _ = writeln!(
+                out,
+                "banter_disconnects_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                get(count)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP banter_message_seconds From a message's arrival to its broadcast."
@@ -266,5 +294,9 @@ mod tests {
         assert!(text.contains("banter_message_seconds_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("banter_history_messages 7"));
         assert!(!text.contains("banter_redis_up"));
+        m.disconnected(Transport::Websocket, DisconnectReason::TooSlow);
+        let text = m.render(None, None);
+        assert!(text.contains("banter_disconnects_total{reason=\"too slow\"} 1"));
+        assert!(text.contains("banter_disconnects_total{reason=\"ping timeout\"} 0"));
     }
 }

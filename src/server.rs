@@ -1,6 +1,6 @@
 //! Assembles the service (page, client bundle, health, Socket.IO) and serves it on a listener
-//! until shutdown. The adapter is chosen here, once: in-process by default, Redis when a Redis
-//! URL is set. Everything else is the same code, generic over the adapter.
+//! until shutdown. The stores and the broadcast adapter are chosen here, once: in-process by
+//! default, Redis when a Redis URL is set. Everything else is the same code.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,29 +8,34 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::routing::any;
 use axum::serve::ListenerExt;
-use futures::StreamExt;
-use socketioxide::adapter::{Adapter, LocalAdapter};
-use socketioxide::handler::ConnectHandler;
-use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder, TransportType};
-use socketioxide_redis::drivers::Driver;
-use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
+use banter_engine::socketio::{Namespace, SocketIo};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tower_http::trace::TraceLayer;
 
 use crate::chat::{Announcer, History, LOBBY, MemoryHistory, MemoryPresence, Presence};
 use crate::clients::{self, AddressLimits};
-use crate::cluster::{self, RedisStore, ResilientDriver};
+use crate::cluster::{self, RedisAdapter, RedisStore};
 use crate::config::{Config, Transport};
+use crate::gateway::{self, ChatContext, ChatSettings, Gateway};
 use crate::guard;
-use crate::socket::{self, ChatContext, ChatSettings};
 use crate::web::{self, Readiness};
-
-/// The Socket.IO adapter used with Redis.
-type RedisAdapter = CustomRedisAdapter<socketioxide::adapter::Emitter, ResilientDriver>;
 
 /// How often an instance tells Redis it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+
+/// How many published messages may wait for local delivery before the newest are dropped.
+const MESSAGE_STREAM_BUFFER: usize = 65_536;
+
+/// How many broadcasts of other instances may wait for local delivery.
+const OPS_STREAM_BUFFER: usize = 65_536;
+
+/// Binary attachments one packet may announce (the chat takes none, and refuses them).
+const MAX_ATTACHMENTS: usize = 10;
 
 /// Serves the chat on an already bound listener until `shutdown` resolves, then stops accepting,
 /// closes every Socket.IO connection (clients see a transport close and reconnect, elsewhere
@@ -42,6 +47,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let io = SocketIo::new(engine_config(&config));
     match config.redis_url() {
         None => {
             let ctx = context(
@@ -49,19 +55,15 @@ pub async fn run(
                 Arc::new(MemoryPresence::default()),
                 Arc::new(MemoryHistory::new(config.history_len)),
             );
-            let (svc, io) = socket_io(&config).with_state(ctx.clone()).build_svc();
-            io.ns(
-                "/",
-                socket::on_connect::<LocalAdapter>.with(socket::on_connecting::<LocalAdapter>),
-            );
+            let ns = io.namespace("/", Gateway::new(ctx.clone()));
             let readiness = Readiness {
                 redis: None,
                 metrics_elsewhere: config.metrics_addr.is_some(),
                 history: Some(ctx.history.clone()),
             };
             serve_metrics(&config, &readiness).await?;
-            let router = router(&config, svc, readiness, &ctx.clients);
-            let background = tokio::spawn(reap_forever(ctx, io.clone(), reap_interval(&config)));
+            let router = router(&config, io.clone(), readiness, &ctx.clients);
+            let background = tokio::spawn(reap_forever(ctx, ns, reap_interval(&config)));
             serve(listener, &config, router, io, shutdown, background, None).await
         }
         Some(url) => {
@@ -85,40 +87,40 @@ pub async fn run(
                 .context("cannot register this instance in Redis")?;
             tracing::info!(instance, "joined the cluster");
             let ctx = context(&config, store.clone(), store.clone());
-            let adapter = RedisAdapterCtr::new_with_driver(
-                redis.driver.clone(),
-                RedisAdapterConfig::new().with_prefix("banter-socket.io"),
-            );
-            let (svc, io) = socket_io(&config)
-                .with_adapter::<RedisAdapter>(adapter)
-                .with_state(ctx.clone())
-                .build_svc();
-            io.ns(
-                "/",
-                socket::on_connect::<RedisAdapter>.with(socket::on_connecting::<RedisAdapter>),
-            )
-            .await
-            .context("cannot set up the Redis adapter")?;
+            let ns = io.namespace("/", Gateway::new(ctx.clone()));
             let messages = redis
-                .driver
-                .subscribe(cluster::messages_channel(LOBBY), MESSAGE_STREAM_BUFFER)
+                .pubsub
+                .subscribe(&cluster::messages_channel(LOBBY), MESSAGE_STREAM_BUFFER)
                 .await
                 .context("cannot subscribe to the message channel")?;
+            let ops = redis
+                .pubsub
+                .subscribe(&cluster::ops_channel(LOBBY), OPS_STREAM_BUFFER)
+                .await
+                .context("cannot subscribe to the broadcast channel")?;
+            io.set_adapter(Arc::new(RedisAdapter::start(
+                redis.pubsub.clone(),
+                cluster::ops_channel(LOBBY),
+                instance.clone(),
+            )));
             let readiness = Readiness {
                 redis: Some(redis.health.clone()),
                 metrics_elsewhere: config.metrics_addr.is_some(),
                 history: Some(ctx.history.clone()),
             };
             serve_metrics(&config, &readiness).await?;
-            let router = router(&config, svc, readiness, &ctx.clients);
-            let background = tokio::spawn(cluster_forever(
+            let router = router(&config, io.clone(), readiness, &ctx.clients);
+            let background = tokio::spawn(cluster_forever(Cluster {
                 ctx,
-                io.clone(),
-                store.clone(),
-                redis.health.clone(),
-                config.clone(),
+                io: io.clone(),
+                ns,
+                store: store.clone(),
+                health: redis.health.clone(),
+                config: config.clone(),
+                instance,
                 messages,
-            ));
+                ops,
+            }));
             serve(
                 listener,
                 &config,
@@ -151,9 +153,6 @@ async fn serve_metrics(config: &Config, readiness: &Readiness) -> anyhow::Result
     Ok(())
 }
 
-/// How many published messages may wait for local delivery before the newest are dropped.
-const MESSAGE_STREAM_BUFFER: usize = 65_536;
-
 fn context(config: &Config, presence: Arc<dyn Presence>, history: Arc<dyn History>) -> ChatContext {
     ChatContext {
         presence,
@@ -173,76 +172,38 @@ fn context(config: &Config, presence: Arc<dyn Presence>, history: Arc<dyn Histor
     }
 }
 
-/// The initial read buffer of each WebSocket connection.
-const WS_READ_BUFFER_BYTES: usize = 1_024;
-
-/// Binary attachments one packet may announce (the chat sends none).
-const MAX_ATTACHMENTS: usize = 10;
-
-/// The Socket.IO settings shared by both adapters.
-fn socket_io(config: &Config) -> SocketIoBuilder {
-    // Validated: fits in usize.
-    let max_payload = usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX);
-    let builder = SocketIo::builder()
-        .ping_interval(config.ping_interval())
-        .ping_timeout(config.ping_timeout())
-        .max_payload(config.max_payload_bytes)
-        // socketioxide's default of 128 dropped packets to clients that were merely busy for a
-        // moment under fan-out load (measured with banter-bench).
-        .max_buffer_size(config.max_buffer_packets)
-        // tungstenite allocates this much per connection up front (4 KiB by default), and grows
-        // it for a larger frame; chat frames are a few hundred bytes.
-        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
-        // The Engine.IO max payload only governs polling; WebSocket frames have their own caps.
-        .ws_max_message_size(max_payload)
-        .ws_max_frame_size(max_payload)
-        // The chat uses no binary attachments. socketioxide's defaults (10 MB, 10,000
-        // attachments, held up to a minute) let one connection park 10 MB of pending
-        // attachments (the hostile-client suite measured 80 MiB for 8 connections).
-        .with_parser(
-            ParserConfig::common()
-                .max_incoming_binary_buf_size(max_payload)
-                .max_incoming_binaries(MAX_ATTACHMENTS)
-                .packet_completion_timeout(config.ping_timeout()),
-        )
-        // A session that never connects to the namespace is dropped as soon as one that stops
-        // answering the heartbeat would be (45 s by default, as in Node), not later.
-        .connect_timeout(config.ping_interval() + config.ping_timeout());
-    match transports(config) {
-        (true, false) => builder.transports([TransportType::Polling]),
-        (false, true) => builder.transports([TransportType::Websocket]),
-        _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
+/// The engine's settings.
+fn engine_config(config: &Config) -> banter_engine::Config {
+    banter_engine::Config {
+        ping_interval: config.ping_interval(),
+        ping_timeout: config.ping_timeout(),
+        // Validated: fits in usize.
+        max_payload: usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX),
+        polling: config.transports.contains(&Transport::Polling),
+        websocket: config.transports.contains(&Transport::Websocket),
+        connect_timeout: config.connect_timeout(),
+        max_buffered_bytes: config.max_buffered_bytes,
+        max_attachments: MAX_ATTACHMENTS,
+        ..banter_engine::Config::default()
     }
 }
 
-fn transports(config: &Config) -> (bool, bool) {
-    (
-        config.transports.contains(&Transport::Polling),
-        config.transports.contains(&Transport::Websocket),
-    )
-}
-
-/// Our exact routes first; everything else (the Engine.IO endpoint under /socket.io/, and the
-/// 404s) goes to the Socket.IO service.
-fn router<S>(
+/// Our exact routes first; the Engine.IO endpoint is `/socket.io` and everything under
+/// `/socket.io/` but the client bundle's files.
+fn router(
     config: &Config,
-    socket_io: S,
+    io: SocketIo,
     readiness: Readiness,
     limits: &Arc<AddressLimits>,
-) -> Router
-where
-    S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Response: axum::response::IntoResponse,
-    S::Future: Send + 'static,
-{
-    let mut router = web::routes(readiness).fallback_service(socket_io);
-    if !transports(config).1 {
-        router = router.layer(axum::middleware::from_fn(web::no_upgrade_offer));
-    }
+) -> Router {
+    let engine = any(move |request: Request| {
+        let io = io.clone();
+        async move { io.handle(request).await.map(Body::new) }
+    });
+    let router = web::routes(readiness)
+        .route("/socket.io", engine.clone())
+        .route("/socket.io/", engine.clone())
+        .route("/socket.io/{*rest}", engine);
     let allowed = guard::AllowedOrigins {
         list: Arc::new(config.allowed_origins.clone()),
     };
@@ -274,11 +235,11 @@ where
         )
 }
 
-async fn serve<A: Adapter>(
+async fn serve(
     listener: TcpListener,
     config: &Config,
     router: Router,
-    io: SocketIo<A>,
+    io: SocketIo,
     shutdown: impl Future<Output = ()> + Send + 'static,
     background: tokio::task::JoinHandle<()>,
     store: Option<Arc<RedisStore>>,
@@ -338,9 +299,8 @@ async fn serve<A: Adapter>(
     tracing::info!("shutting down: no new connections; closing sockets");
     let _ = stop_tx.send(true);
     // The background duties (heartbeat, delivery of published messages, grace periods) end
-    // first, and for good: a heartbeat landing after `retire` would undo it, and delivery on a
-    // closed namespace is pointless. Clients that miss a message now recover it with `lastId`
-    // where they reconnect.
+    // first, and for good: a heartbeat landing after `retire` would undo it. Clients that miss
+    // a message now recover it with `lastId` where they reconnect.
     background.abort();
     let _ = background.await;
     let drain = async {
@@ -351,6 +311,8 @@ async fn serve<A: Adapter>(
         {
             tracing::warn!(%err, "could not tell Redis that this instance is leaving");
         }
+        // Every session's transport closes (never a Socket.IO disconnect, which would tell
+        // clients not to reconnect); its sockets' disconnect handlers run first.
         io.close().await;
         serving.await
     };
@@ -373,36 +335,62 @@ fn reap_interval(config: &Config) -> Duration {
 }
 
 /// Ends grace periods, for as long as the server runs.
-async fn reap_forever<A: Adapter>(ctx: ChatContext, io: SocketIo<A>, every: Duration) {
+async fn reap_forever(ctx: ChatContext, ns: Arc<Namespace>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        socket::reap(&ctx, &io).await;
+        gateway::reap(&ctx, &ns).await;
     }
 }
 
-/// An instance's duties in a cluster, for as long as it runs: deliver published messages in
-/// order, heart-beat, end grace periods, and put its people back when Redis lost them.
-async fn cluster_forever<A: Adapter>(
+/// What an instance of a cluster runs in the background.
+struct Cluster {
     ctx: ChatContext,
-    io: SocketIo<A>,
+    io: SocketIo,
+    ns: Arc<Namespace>,
     store: Arc<RedisStore>,
     health: Arc<cluster::RedisHealth>,
     config: Config,
-    mut messages: socketioxide_redis::drivers::MessageStream<socketioxide_redis::drivers::ChanItem>,
-) {
+    instance: String,
+    messages: mpsc::Receiver<Vec<u8>>,
+    ops: mpsc::Receiver<Vec<u8>>,
+}
+
+/// An instance's duties in a cluster, for as long as it runs: deliver published messages in
+/// order, carry out other instances' broadcasts, heart-beat, end grace periods, and put its
+/// people back when Redis lost them.
+async fn cluster_forever(cluster: Cluster) {
+    let Cluster {
+        ctx,
+        io,
+        ns,
+        store,
+        health,
+        config,
+        instance,
+        mut messages,
+        mut ops,
+    } = cluster;
     let deliver = {
-        let io = io.clone();
+        let ns = Arc::clone(&ns);
         async move {
-            while let Some((_, payload)) = messages.next().await {
+            while let Some(payload) = messages.recv().await {
                 match cluster::parse_published(&payload) {
-                    Some(p) => socket::deliver_published(&io, LOBBY, &p.sender, &p.message).await,
+                    Some(p) => gateway::deliver_published(&ns, LOBBY, &p.sender, &p.message),
                     None => tracing::warn!("unreadable message on the message channel"),
                 }
             }
             tracing::error!("the message channel closed; cross-instance messages stop here");
         }
+    };
+    let remote = async move {
+        while let Some(payload) = ops.recv().await {
+            if let Some(op) = cluster::parse_op(&payload, &instance) {
+                io.apply_remote(&op);
+            }
+        }
+        tracing::error!("the broadcast channel closed; cross-instance broadcasts stop here");
     };
     let duties = async move {
         let mut reap_ticks = tokio::time::interval(reap_interval(&config));
@@ -413,7 +401,7 @@ async fn cluster_forever<A: Adapter>(
         let mut outages_seen = health.reconnects();
         loop {
             tokio::select! {
-                _ = reap_ticks.tick() => socket::reap(&ctx, &io).await,
+                _ = reap_ticks.tick() => gateway::reap(&ctx, &ns).await,
                 _ = beat_ticks.tick() => {
                     let unknown = store.heartbeat(LOBBY, config.instance_timeout_ms).await;
                     must_restore |= matches!(unknown, Ok(true));
@@ -421,19 +409,19 @@ async fn cluster_forever<A: Adapter>(
                     must_restore |= health.reconnects() != outages_seen;
                     outages_seen = health.reconnects();
                     if must_restore {
-                        must_restore = !restore_members(&store, &io).await;
+                        must_restore = !restore_members(&store, &ns).await;
                     }
                 }
             }
         }
     };
-    tokio::join!(deliver, duties);
+    tokio::join!(deliver, remote, duties);
 }
 
 /// Puts this instance's people back into Redis after it lost them. False when Redis failed
 /// meanwhile (the caller tries again).
-async fn restore_members<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) -> bool {
-    let members = socket::local_members(io);
+async fn restore_members(store: &RedisStore, ns: &Arc<Namespace>) -> bool {
+    let members = gateway::local_members(ns);
     let mut restored = 0;
     for m in &members {
         match store

@@ -5,10 +5,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -62,8 +59,8 @@ const CLIENT_FILES: &[(&str, &[u8])] = &[
 /// The version of the embedded client, as its package.json says.
 pub const CLIENT_VERSION: &str = env!("BANTER_CLIENT_VERSION");
 
-/// Routes that do not involve Socket.IO. The Socket.IO engine answers every other path under
-/// `/socket.io/` itself, so the bundle's exact paths are routed here first.
+/// Routes that do not involve Socket.IO. The Engine.IO endpoint takes every other path under
+/// `/socket.io/`, so the bundle's exact paths are routed here, and win.
 pub fn routes(readiness: Readiness) -> Router {
     let mut router = Router::new()
         .route("/", get(|| page(INDEX_HTML, "text/html; charset=utf-8")))
@@ -131,34 +128,6 @@ async fn client_file(path: &'static str, body: &'static [u8]) -> Response {
     }
     response
 }
-
-/// Engine.IO handshakes offer the WebSocket upgrade even when WebSocket is disabled; a client then
-/// makes an upgrade attempt that can only fail. With WebSocket off, this middleware removes the
-/// offer from the polling handshake (the only response whose body starts with `0{`).
-pub async fn no_upgrade_offer(request: Request, next: Next) -> Response {
-    let is_handshake = crate::guard::is_engine_path(request.uri().path())
-        && request.method() == axum::http::Method::GET
-        && request.uri().query().is_some_and(|q| !q.contains("sid="));
-    let response = next.run(request).await;
-    if !is_handshake || response.status() != StatusCode::OK {
-        return response;
-    }
-    let (mut parts, body) = response.into_parts();
-    // A handshake is a few hundred bytes; anything larger is not one.
-    let Ok(bytes) = axum::body::to_bytes(body, HANDSHAKE_MAX_BYTES).await else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    let rewritten = match std::str::from_utf8(&bytes) {
-        Ok(text) if text.starts_with("0{") => {
-            Bytes::from(text.replacen(r#""upgrades":["websocket"]"#, r#""upgrades":[]"#, 1))
-        }
-        _ => bytes,
-    };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(rewritten))
-}
-
-const HANDSHAKE_MAX_BYTES: usize = 4_096;
 
 /// What `/readyz` reports on.
 #[derive(Clone, Default)]

@@ -1,15 +1,16 @@
-//! Scale-out over Redis: the socketioxide adapter's driver, and the cluster-wide stores.
+//! Scale-out over Redis: pub/sub for broadcasts across instances, and the cluster-wide stores.
 //!
 //! With `--redis-url`, every instance shares one Redis: broadcasts cross instances through the
-//! socketioxide Redis adapter, and presence, sessions and history live in Redis (`store.rs`), so
-//! that counts, users, nicknames and message ids are the same whichever instance a client is on.
+//! engine's adapter over Redis pub/sub (`pubsub.rs`), and presence, sessions and history live in
+//! Redis (`store.rs`), so that counts, users, nicknames and message ids are the same whichever
+//! instance a client is on.
 //!
 //! Redis faults are survived, not fatal: one `ConnectionManager` reconnects with backoff and
 //! re-subscribes every channel by itself; a failed publish is logged and local delivery goes on,
 //! so people on the same instance keep chatting while Redis is away.
 
 mod conn;
-mod driver;
+mod pubsub;
 mod store;
 
 use std::path::PathBuf;
@@ -22,8 +23,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion};
 
 pub use conn::RedisConn;
-pub use driver::ResilientDriver;
-pub use store::{Published, RedisStore, messages_channel, parse_published};
+pub use pubsub::{PubSub, RedisAdapter, parse_op};
+pub use store::{Published, RedisStore, messages_channel, ops_channel, parse_published};
 
 /// How long one Redis command may take before it counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -83,10 +84,10 @@ impl RedisHealth {
     }
 }
 
-/// An open connection to Redis with the adapter driver that shares it.
+/// An open connection to Redis, and its pub/sub, which shares it.
 pub struct RedisConnection {
     pub conn: RedisConn,
-    pub driver: ResilientDriver,
+    pub pubsub: PubSub,
     pub health: Arc<RedisHealth>,
 }
 
@@ -104,8 +105,8 @@ pub async fn connect(options: &RedisOptions) -> anyhow::Result<RedisConnection> 
         None => None,
     };
     let health = Arc::new(RedisHealth::default());
-    let handlers = driver::Handlers::default();
-    let push = driver::push_sender(handlers.clone(), health.clone());
+    let handlers = pubsub::Handlers::default();
+    let push = pubsub::push_sender(handlers.clone(), health.clone());
 
     let mut attempt = 0;
     let conn = loop {
@@ -130,7 +131,7 @@ pub async fn connect(options: &RedisOptions) -> anyhow::Result<RedisConnection> 
     };
     tracing::info!(cluster = options.cluster, "connected to Redis");
     Ok(RedisConnection {
-        driver: ResilientDriver::new(conn.clone(), handlers, health.clone()),
+        pubsub: PubSub::new(conn.clone(), handlers, health.clone()),
         conn,
         health,
     })

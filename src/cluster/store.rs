@@ -72,6 +72,13 @@ pub fn messages_channel(room: &str) -> String {
     format!("{PREFIX}:{{{room}}}:messages")
 }
 
+/// The pub/sub channel of the engine's broadcasts (announcements, typing, replaced sockets) for
+/// a room's instances. It shares the room's hash tag: in a Redis Cluster, sharded pub/sub keeps
+/// it on the shard of the room's keys.
+pub fn ops_channel(room: &str) -> String {
+    format!("{PREFIX}:{{{room}}}:ops")
+}
+
 #[derive(Deserialize)]
 struct JoinReply {
     k: i64,

@@ -38,6 +38,9 @@ const MAX_ROUNDS: usize = 16;
 /// polling client's last GET to fetch the close packet.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a polling session the client closed waits for a GET already on its way.
+const CLIENT_CLOSE_LINGER: Duration = Duration::from_millis(500);
+
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -179,6 +182,8 @@ enum Probe {
 struct Closing {
     reason: CloseReason,
     deadline: Instant,
+    /// A polling client that closed: its GET on the way is waited for until then.
+    linger_until: Instant,
 }
 
 /// Everything of the task but its timer.
@@ -288,6 +293,8 @@ enum Step {
 
 impl<F: LayerFactory> State<F> {
     fn step(&mut self, cx: &mut Context<'_>) -> Step {
+        // A session that starts closing in this step lets its layer see it first.
+        let was_closing = self.closing.is_some();
         let mut busy = false;
         busy |= self.take_control(cx);
         busy |= self.open(cx);
@@ -297,7 +304,8 @@ impl<F: LayerFactory> State<F> {
         let layer_idle = self.layer.poll_work(cx).is_ready();
         busy |= self.timers();
         busy |= self.write(cx);
-        if let Some(closing) = &self.closing
+        if was_closing
+            && let Some(closing) = &self.closing
             && (now() >= closing.deadline || self.closed(layer_idle))
         {
             return Step::Done;
@@ -310,6 +318,9 @@ impl<F: LayerFactory> State<F> {
 
     fn deadline(&self) -> Instant {
         if let Some(closing) = &self.closing {
+            if closing.reason == CloseReason::TransportClose && closing.linger_until > now() {
+                return closing.linger_until;
+            }
             return closing.deadline;
         }
         let mut at = self.heartbeat.deadline();
@@ -452,10 +463,15 @@ impl<F: LayerFactory> State<F> {
                 break;
             };
             busy = true;
+            if !matches!(packet, eio::Inbound::Pong(_)) && self.heartbeat.awaiting_pong() {
+                self.heartbeat.on_activity(now());
+                self.session.set_pong_due(self.heartbeat.pong_due());
+            }
             let result = match packet {
                 eio::Inbound::Close => Err(CloseReason::TransportClose),
                 eio::Inbound::Pong(_) => {
                     self.heartbeat.on_pong(now());
+                    self.session.set_pong_due(None);
                     Ok(())
                 }
                 eio::Inbound::Noop => Ok(()),
@@ -486,14 +502,14 @@ impl<F: LayerFactory> State<F> {
         };
         if now() >= *deadline {
             tracing::debug!(sid = %self.session.sid(), "upgrade timed out");
-            self.probe = None;
+            self.drop_probe();
             return true;
         }
         if let Probe::Upgrading(upgrade) = probe {
             match Pin::new(upgrade).poll(cx) {
                 Poll::Pending => return false,
                 Poll::Ready(Err(_)) => {
-                    self.probe = None;
+                    self.drop_probe();
                     return true;
                 }
                 Poll::Ready(Ok(upgraded)) => {
@@ -509,7 +525,7 @@ impl<F: LayerFactory> State<F> {
         };
         let busy = ws.poll_write(cx, |_| {});
         if ws.broken {
-            self.probe = None;
+            self.drop_probe();
             return true;
         }
         let read = match ws.poll_read(cx) {
@@ -535,10 +551,13 @@ impl<F: LayerFactory> State<F> {
                 Ok(eio::Inbound::Ping(data)) if &data[..] == b"probe" && !*probed => {
                     *probed = true;
                     ws.queue.push_back((PROBE_ANSWER.ws().clone(), 0));
-                    // Releases a pending GET, so that the client can pause polling.
-                    let _ = self.session.send(NOOP);
+                    // A pending GET is answered with a noop, so that the client can pause
+                    // polling; so is every GET until the upgrade completes.
+                    self.session.set_probed(true);
+                    self.session.outbox.wake_consumer();
                 }
-                Ok(eio::Inbound::Upgrade) if *probed => {
+                // Node's server takes an upgrade packet without a probe before it, too.
+                Ok(eio::Inbound::Upgrade) => {
                     upgrade = true;
                     break;
                 }
@@ -563,9 +582,17 @@ impl<F: LayerFactory> State<F> {
         }
         if abort {
             tracing::debug!(sid = %self.session.sid(), "upgrade aborted");
-            self.probe = None;
+            self.drop_probe();
         }
         true
+    }
+
+    /// Gives up an upgrade: polling goes on.
+    fn drop_probe(&mut self) {
+        self.probe = None;
+        if self.session.probed() {
+            self.session.set_probed(false);
+        }
     }
 
     fn timers(&mut self) -> bool {
@@ -575,6 +602,7 @@ impl<F: LayerFactory> State<F> {
             match self.heartbeat.on_timer(now) {
                 Beat::Ping => {
                     let _ = self.session.send(PING);
+                    self.session.set_pong_due(self.heartbeat.pong_due());
                     busy = true;
                 }
                 Beat::TimedOut => {
@@ -635,12 +663,13 @@ impl<F: LayerFactory> State<F> {
         {
             let mut c = self.session.control();
             c.ended = true;
+            c.closing = Some(reason);
             c.close = None;
             if let Some(w) = c.post_waiter.take() {
                 w.wake();
             }
         }
-        self.probe = None;
+        self.drop_probe();
         let transport = self.session.transport();
         match reason {
             // The server ends the session: what is queued goes out first, then the close.
@@ -667,7 +696,15 @@ impl<F: LayerFactory> State<F> {
             _ => {
                 self.session.outbox.close();
                 if transport == Transport::Polling {
-                    self.session.outbox.push_final(CLOSE);
+                    // A client that closed (a close packet in a POST) gets its pending GET back
+                    // with a noop, as from Node; any other end is a close packet.
+                    self.session
+                        .outbox
+                        .push_final(if reason == CloseReason::TransportClose {
+                            NOOP
+                        } else {
+                            CLOSE
+                        });
                 }
                 if let Some(ws) = &mut self.ws
                     && !ws.closing
@@ -681,9 +718,11 @@ impl<F: LayerFactory> State<F> {
             }
         }
         self.layer.close(reason);
+        let now = now();
         self.closing = Some(Closing {
             reason,
-            deadline: now() + CLOSE_TIMEOUT,
+            deadline: now + CLOSE_TIMEOUT,
+            linger_until: now + CLIENT_CLOSE_LINGER,
         });
     }
 
@@ -702,14 +741,19 @@ impl<F: LayerFactory> State<F> {
         {
             return false;
         }
-        if self.session.transport() == Transport::Polling
-            && matches!(
-                closing.reason,
-                CloseReason::ForcedClose | CloseReason::ServerShutdown
-            )
-        {
-            // The client's next GET fetches the close packet, unless it is gone.
-            return self.session.outbox.is_empty();
+        if self.session.transport() == Transport::Polling {
+            match closing.reason {
+                // The client's next GET fetches the close packet, unless it is gone.
+                CloseReason::ForcedClose | CloseReason::ServerShutdown => {
+                    return self.session.outbox.is_empty();
+                }
+                // A GET on its way when the client closed gets its noop; not long after that
+                // nobody is coming.
+                CloseReason::TransportClose => {
+                    return self.session.outbox.is_empty() || now() >= closing.linger_until;
+                }
+                _ => {}
+            }
         }
         true
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -85,6 +85,8 @@ pub(crate) struct Shared<F: LayerFactory> {
     /// Session tasks still running.
     live: AtomicUsize,
     drained: Notify,
+    /// The server is closing: no new session is opened.
+    closing: AtomicBool,
 }
 
 impl<F: LayerFactory> Shared<F> {
@@ -125,6 +127,7 @@ impl<F: LayerFactory> Engine<F> {
                 sessions: Mutex::new(HashMap::new()),
                 live: AtomicUsize::new(0),
                 drained: Notify::new(),
+                closing: AtomicBool::new(false),
             }),
         }
     }
@@ -145,16 +148,18 @@ impl<F: LayerFactory> Engine<F> {
     /// Closes every session with `reason` (their clients see their transport close, and
     /// reconnect), and waits until every session's task has finished.
     pub async fn close_all(&self, reason: CloseReason) {
-        let sessions: Vec<Arc<Session>> = self.shared.sessions().values().cloned().collect();
-        for session in sessions {
-            session.close(reason);
-        }
+        self.shared.closing.store(true, Ordering::Release);
         loop {
             let drained = self.shared.drained.notified();
+            // A handshake already past its check when closing began may still add a session.
+            let sessions: Vec<Arc<Session>> = self.shared.sessions().values().cloned().collect();
+            for session in sessions {
+                session.close(reason);
+            }
             if self.shared.live.load(Ordering::Acquire) == 0 {
                 return;
             }
-            drained.await;
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), drained).await;
         }
     }
 
@@ -179,6 +184,9 @@ impl<F: LayerFactory> Engine<F> {
         else {
             return error(ErrorCode::UnknownSid);
         };
+        if session.gone(tokio::time::Instant::now().into_std()) {
+            return error(ErrorCode::UnknownSid);
+        }
         match transport {
             Transport::WebSocket => self.probe(req, &session),
             Transport::Polling if session.transport() != Transport::Polling => {
@@ -200,6 +208,10 @@ impl<F: LayerFactory> Engine<F> {
     ) -> Response<ResponseBody> {
         if req.method() != Method::GET {
             return error(ErrorCode::BadHandshakeMethod);
+        }
+        if self.shared.closing.load(Ordering::Acquire) {
+            // Clients retry elsewhere (or here, after a restart).
+            return status(StatusCode::SERVICE_UNAVAILABLE);
         }
         if eio != Some("4") {
             return error(ErrorCode::UnsupportedProtocolVersion);
@@ -252,17 +264,18 @@ impl<F: LayerFactory> Engine<F> {
     /// A WebSocket for a polling session: handed to the session's task, which probes it and
     /// completes the upgrade.
     fn probe<B>(&self, mut req: Request<B>, session: &Arc<Session>) -> Response<ResponseBody> {
-        if session.transport() != Transport::Polling {
-            return error(ErrorCode::BadRequest);
-        }
-        let mut c = session.control();
-        if c.probe.is_some() || c.ended {
-            return error(ErrorCode::BadRequest);
-        }
         let (on_upgrade, response) = match websocket_accept(&mut req) {
             Ok(accepted) => accepted,
             Err(response) => return response,
         };
+        let mut c = session.control();
+        if session.transport() != Transport::Polling || c.probe.is_some() || c.ended {
+            drop(c);
+            // Already upgraded, or upgrading: as Node's server does, the WebSocket is accepted
+            // and closed at once (a refused handshake is an error some clients throw).
+            tokio::spawn(close_at_once(on_upgrade));
+            return response;
+        }
         c.probe = Some(on_upgrade);
         let waker = c.driver.take();
         drop(c);
@@ -271,6 +284,17 @@ impl<F: LayerFactory> Engine<F> {
         }
         response
     }
+}
+
+/// Closes a WebSocket as soon as it is open.
+async fn close_at_once(on_upgrade: hyper::upgrade::OnUpgrade) {
+    use tokio::io::AsyncWriteExt;
+    let Ok(upgraded) = on_upgrade.await else {
+        return;
+    };
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    let _ = io.write_all(&crate::proto::ws::close_frame(1000)).await;
+    let _ = io.shutdown().await;
 }
 
 /// The 101 answer to a WebSocket handshake, and the upgrade to wait for; or the refusal.
@@ -363,9 +387,15 @@ impl Drop for PendingGet<'_> {
         self.session.outbox.unregister();
         self.session.control().get_active = false;
         if !self.answered {
-            self.session.close(CloseReason::TransportClose);
+            self.session.close(CloseReason::TransportError);
         }
     }
+}
+
+enum Polled {
+    Taken(Take),
+    Upgrading,
+    Upgraded,
 }
 
 /// A long-polling GET: waits for packets and answers with them.
@@ -386,16 +416,21 @@ async fn poll(session: &Arc<Session>) -> Response<ResponseBody> {
     };
     let taken = poll_fn(|cx| {
         if session.transport() != Transport::Polling {
-            // Upgraded meanwhile: this GET is released with a noop.
-            return Poll::Ready(None);
+            // Upgraded meanwhile: polling is over for this session, as a close packet says.
+            return Poll::Ready(Polled::Upgraded);
         }
-        session.outbox.poll_take(cx).map(Some)
+        if session.probed() {
+            // An upgrade is under way: the client waits for this GET to end before it
+            // completes the upgrade, and what is queued goes out on the WebSocket.
+            return Poll::Ready(Polled::Upgrading);
+        }
+        session.outbox.poll_take(cx).map(Polled::Taken)
     })
     .await;
     let body = match taken {
-        None => Bytes::from_static(b"6"),
-        Some(Take::Closed) => Bytes::from_static(b"1"),
-        Some(Take::Frames(frames)) => {
+        Polled::Upgrading => Bytes::from_static(b"6"),
+        Polled::Upgraded | Polled::Taken(Take::Closed) => Bytes::from_static(b"1"),
+        Polled::Taken(Take::Frames(frames)) => {
             let mut body = Vec::new();
             let mut cost = 0;
             for (i, frame) in frames.iter().enumerate() {
@@ -415,6 +450,10 @@ async fn poll(session: &Arc<Session>) -> Response<ResponseBody> {
     };
     pending.answered = true;
     drop(pending);
+    // A closing session waits for its client to fetch the last packets: tell it they went.
+    if session.control().ended {
+        session.wake_driver();
+    }
     polling_response(body)
 }
 
@@ -447,6 +486,15 @@ where
         c.post_active = true;
     }
     let _active = ActivePost(session);
+    // Binary data travels base64-encoded in text payloads; Node refuses a binary body.
+    if req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/octet-stream"))
+    {
+        session.close(CloseReason::TransportError);
+        return error(ErrorCode::BadRequest);
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -4,9 +4,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
+use std::time::Instant;
 
 use crate::outbox::{Frame, Outbox, PushError};
 use crate::proto::eio;
@@ -106,6 +108,13 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// The origin of the millisecond clock sessions share with HTTP requests.
+static EPOCH: LazyLock<Instant> = LazyLock::new(|| tokio::time::Instant::now().into_std());
+
+fn millis_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(*EPOCH).as_millis()).unwrap_or(u64::MAX)
+}
+
 const POLLING: u8 = 0;
 const WEBSOCKET: u8 = 1;
 
@@ -126,12 +135,19 @@ pub(crate) struct Control {
     pub post_active: bool,
     /// The task is closing or has ended: nothing more is handed to it.
     pub ended: bool,
+    /// Why it is closing, once it is.
+    pub closing: Option<CloseReason>,
 }
 
 /// A session, shared by its task, HTTP requests, and whoever sends to it.
 pub struct Session {
     sid: Sid,
     transport: AtomicU8,
+    /// A WebSocket probe succeeded and the upgrade is under way: long-polling GETs are answered
+    /// with a noop, so that the client can pause polling.
+    probed: AtomicBool,
+    /// When the pong to the last ping is due, in milliseconds since `EPOCH`; 0 when none is.
+    pong_due_ms: AtomicU64,
     initial: Transport,
     pub(crate) outbox: Outbox,
     control: Mutex<Control>,
@@ -152,6 +168,8 @@ impl Session {
                 Transport::WebSocket => WEBSOCKET,
             }),
             initial: transport,
+            probed: AtomicBool::new(false),
+            pong_due_ms: AtomicU64::new(0),
             outbox: Outbox::new(max_buffered_bytes),
             control: Mutex::new(Control::default()),
             extensions,
@@ -176,7 +194,45 @@ impl Session {
     }
 
     pub(crate) fn set_upgraded(&self) {
+        self.probed.store(false, Ordering::Release);
         self.transport.store(WEBSOCKET, Ordering::Release);
+    }
+
+    pub(crate) fn set_probed(&self, probed: bool) {
+        self.probed.store(probed, Ordering::Release);
+    }
+
+    pub(crate) fn probed(&self) -> bool {
+        self.probed.load(Ordering::Acquire)
+    }
+
+    /// Records when the pong to the last ping is due (`None`: none is).
+    pub(crate) fn set_pong_due(&self, due: Option<Instant>) {
+        let ms = due.map_or(0, |at| millis_since_epoch(at).max(1));
+        self.pong_due_ms.store(ms, Ordering::Release);
+    }
+
+    /// Whether the client is gone: closing (and not owed packets still to drain), or past its
+    /// pong's deadline even if the session's task has not noticed yet. Requests for such a
+    /// session are answered as for an unknown one, as Node's server removes a session at once.
+    pub(crate) fn gone(&self, now: Instant) -> bool {
+        let due = self.pong_due_ms.load(Ordering::Acquire);
+        if due != 0 && millis_since_epoch(now) > due {
+            self.close(CloseReason::PingTimeout);
+            return true;
+        }
+        let c = self.control();
+        match c.closing {
+            None => false,
+            // A polling session that closed normally still hands its client what it was sent
+            // (and the noop or close packet that ends it), to a GET that was on its way.
+            Some(
+                CloseReason::ForcedClose
+                | CloseReason::ServerShutdown
+                | CloseReason::TransportClose,
+            ) => self.transport() != Transport::Polling || self.outbox.is_empty(),
+            Some(_) => true,
+        }
     }
 
     /// The extensions of the handshake request (what the HTTP layer put there: the client's

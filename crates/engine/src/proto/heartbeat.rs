@@ -28,6 +28,8 @@ pub struct Heartbeat {
     interval: Duration,
     timeout: Duration,
     state: State,
+    /// The pong's timeout was refreshed by activity once already.
+    refreshed: bool,
 }
 
 impl Heartbeat {
@@ -38,6 +40,7 @@ impl Heartbeat {
             interval,
             timeout,
             state: State::PingAt(now + interval),
+            refreshed: false,
         }
     }
 
@@ -48,15 +51,37 @@ impl Heartbeat {
         }
     }
 
-    /// Advances to `now`.
+    /// Advances to `now`. The pong is due `ping_timeout` after the ping was due, as in Node (a
+    /// client that waits exactly `ping_interval + ping_timeout` finds the session gone); a
+    /// timer that fired late still leaves the client at least half the timeout.
     pub fn on_timer(&mut self, now: Instant) -> Beat {
         match self.state {
             State::PingAt(at) if now >= at => {
-                self.state = State::PongBy(now + self.timeout);
+                self.state = State::PongBy((at + self.timeout).max(now + self.timeout / 2));
+                self.refreshed = false;
                 Beat::Ping
             }
             State::PongBy(by) if now >= by => Beat::TimedOut,
             _ => Beat::Wait,
+        }
+    }
+
+    /// Another packet arrived while a pong is due: the client is alive, if slow to answer. As
+    /// in Node, the first such packet of a ping gives the pong a fresh timeout.
+    pub fn on_activity(&mut self, now: Instant) {
+        if let State::PongBy(by) = self.state
+            && !self.refreshed
+        {
+            self.refreshed = true;
+            self.state = State::PongBy(by.max(now + self.timeout));
+        }
+    }
+
+    /// When the pong is due, if a ping is waiting for one.
+    pub fn pong_due(&self) -> Option<Instant> {
+        match self.state {
+            State::PongBy(by) => Some(by),
+            State::PingAt(_) => None,
         }
     }
 
@@ -94,6 +119,24 @@ mod tests {
         assert_eq!(hb.on_timer(at), Beat::Ping);
         assert_eq!(hb.on_timer(at + t - Duration::from_millis(1)), Beat::Wait);
         assert_eq!(hb.on_timer(at + t), Beat::TimedOut);
+    }
+
+    #[test]
+    fn a_late_timer_still_leaves_half_the_timeout_and_activity_refreshes_once() {
+        let t0 = Instant::now();
+        let (i, t) = (Duration::from_millis(300), Duration::from_millis(200));
+        let mut hb = Heartbeat::new(t0, i, t);
+        let late = t0 + i + Duration::from_millis(500);
+        assert_eq!(hb.on_timer(late), Beat::Ping);
+        assert_eq!(hb.pong_due(), Some(late + t / 2));
+        hb.on_activity(late + Duration::from_millis(50));
+        assert_eq!(hb.pong_due(), Some(late + Duration::from_millis(250)));
+        hb.on_activity(late + Duration::from_millis(90));
+        assert_eq!(
+            hb.pong_due(),
+            Some(late + Duration::from_millis(250)),
+            "once per ping"
+        );
     }
 
     #[test]

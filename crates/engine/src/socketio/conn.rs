@@ -89,13 +89,23 @@ impl Conn {
             .find(|s| s.namespace() == nsp && matches!(s.state(), CONNECTED | DISCONNECTING))
     }
 
-    fn dispatch(&mut self, complete: Complete) {
+    fn dispatch(&mut self, complete: Complete) -> Result<(), CloseReason> {
         let Complete {
             packet,
             attachments,
         } = complete;
         match packet {
             Inbound::Connect { nsp, auth } => match self.registry.namespace(&nsp) {
+                // A second connect to a namespace the client is in breaks the protocol; Node's
+                // server closes the connection for it.
+                Some(_)
+                    if self
+                        .sockets
+                        .iter()
+                        .any(|e| e.socket.namespace() == nsp && e.socket.state() != DONE) =>
+                {
+                    return Err(CloseReason::ParseError);
+                }
                 Some(ns) => self.queue.push_back(Work::Connect { ns, auth }),
                 None => {
                     let refusal = connect_error(&nsp, &ConnectError::new("Invalid namespace"));
@@ -126,6 +136,7 @@ impl Conn {
                 }
             }
         }
+        Ok(())
     }
 
     /// Queues the `disconnect` of sockets that began disconnecting (from anywhere), and forgets
@@ -150,15 +161,6 @@ impl Conn {
     fn start(&mut self, work: Work) -> Option<BoxFuture<()>> {
         match work {
             Work::Connect { ns, auth } => {
-                // A second connect to the same namespace replaces the first socket.
-                if let Some(old) = self
-                    .sockets
-                    .iter()
-                    .map(|e| &e.socket)
-                    .find(|s| s.namespace() == ns.name() && s.state() == CONNECTED)
-                {
-                    old.begin_disconnect(DisconnectReason::ClientNamespaceDisconnect);
-                }
                 let socket = Socket::new(Arc::clone(&ns), Arc::clone(&self.session));
                 self.sockets.push(Entry {
                     socket: socket.clone(),
@@ -239,10 +241,7 @@ impl Layer for Conn {
             Message::Binary(data) => self.assembler.binary(data),
         };
         match complete {
-            Ok(Some(complete)) => {
-                self.dispatch(complete);
-                Ok(())
-            }
+            Ok(Some(complete)) => self.dispatch(complete),
             Ok(None) => Ok(()),
             Err(err) => {
                 tracing::debug!(sid = %self.session.sid(), %err, "closing a session that sent an unreadable packet");

@@ -96,6 +96,11 @@ impl Socket {
         self.0.ns.name()
     }
 
+    /// The namespace itself (to broadcast from it).
+    pub fn ns(&self) -> &Arc<Namespace> {
+        &self.0.ns
+    }
+
     /// The transport the session uses now.
     pub fn transport(&self) -> Transport {
         self.0.session.transport()
