@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod conformance;
 mod driver;
 mod engine;
 mod outbox;
