@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod guard;
 pub mod metrics;
+pub mod platform;
 pub mod protocol;
 pub mod serve;
 pub mod server;

@@ -247,7 +247,7 @@ where
         list: Arc::new(config.allowed_origins.clone()),
     };
     let clients = Arc::new(clients::ClientPolicy {
-        trusted: clients::TrustedProxies::new(config.trusted_proxies.clone()),
+        trusted: config.effective_trusted_proxies(),
         limits: Arc::clone(limits),
         own_tls: config.tls_cert.is_some(),
     });
@@ -294,7 +294,7 @@ async fn serve<A: Adapter>(
             connect_burst: 0,
             max_open: config.max_connections_per_ip,
         }),
-        trusted: clients::TrustedProxies::new(config.trusted_proxies.clone()),
+        trusted: config.effective_trusted_proxies(),
     };
     let mut serving = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
