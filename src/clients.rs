@@ -466,8 +466,14 @@ pub async fn identify(
     let client = policy
         .trusted
         .client(peer.ip(), request.headers(), policy.own_tls);
+    // A proxy we do not trust: the operator has to hear of it, or every client behind it shares
+    // one address's bounds without a word in the log.
+    if request.headers().contains_key("x-forwarded-for") && !policy.trusted.trusts(peer.ip()) {
+        crate::advice::untrusted_forwarding(client.addr, policy.limits.bounds());
+    }
     if handshake && let Err(refusal) = policy.limits.admit(client.addr) {
         crate::metrics::METRICS.address_refused(refusal);
+        crate::advice::refused(client.addr, refusal, policy.limits.bounds());
         tracing::debug!(client = %client.addr, %refusal, "refused a new session");
         let mut response = (StatusCode::TOO_MANY_REQUESTS, format!("{refusal}\n")).into_response();
         if let Refusal::Rate(after) = refusal {

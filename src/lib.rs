@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod advice;
 pub mod chat;
 pub mod clients;
 pub mod cluster;
