@@ -1,22 +1,29 @@
 //! The log lines that tell an operator what to set.
 //!
 //! A first deployment behind a proxy fails in ways that Banter alone notices: every browser
-//! arriving from the proxy's address and sharing its per-address bounds, for one. That would
-//! otherwise be a silent refusal. Here it becomes a line in the log that names the setting and a
-//! value to try.
+//! arriving from the proxy's address and sharing its per-address bounds, long-polling across
+//! instances without sticky sessions, App Service forwarding to a port nobody listens on. Each of
+//! those would otherwise be a silent refusal. Here they become a line in the log that names the
+//! setting and a value to try: at start-up for what the settings and the environment show, and
+//! while serving for what the traffic shows.
 //!
-//! Warnings from traffic come once per cause (per proxy address), not per request. The causes already reported are kept in sets of fixed capacity, process-wide like the
-//! metrics: traffic cannot grow them, and when one is full a last line says that further causes of
-//! that kind go unreported (the metrics still count them).
+//! Warnings from traffic come once per cause (per proxy address), not per request. The causes
+//! already reported are kept in sets of fixed capacity, process-wide like the metrics: traffic
+//! cannot grow them, and when one is full a last line says that further causes of that kind go
+//! unreported (the metrics still count them).
 
 use std::collections::HashSet;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, PoisonError};
 
-use crate::clients::{AddressBounds, Refusal};
+use tracing::Level;
+
+use crate::clients::{AddressBounds, Refusal, TrustSource, TrustedProxies};
+use crate::config::{Config, Transport};
 use crate::metrics::METRICS;
+use crate::platform::Platform;
 
 /// Proxy addresses whose untrusted `X-Forwarded-For` is reported. Real deployments have a
 /// handful of proxies; the rest would be clients writing the header themselves.
@@ -164,8 +171,182 @@ pub fn refused(addr: IpAddr, refusal: Refusal, bounds: AddressBounds) {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// At start-up
+
+/// One piece of start-up advice: its level, the setting it is about, and the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub level: Level,
+    pub setting: &'static str,
+    pub text: String,
+}
+
+/// Logs the start-up advice for this process: its settings, its platform, where it listens.
+pub fn at_startup(config: &Config, bound: Option<SocketAddr>) {
+    let env = |name: &str| std::env::var(name).ok();
+    let platform = Platform::current();
+    for line in startup_lines(config, &platform, &env, bound) {
+        let Line {
+            level,
+            setting,
+            text,
+        } = line;
+        if level == Level::WARN {
+            tracing::warn!(setting, "{text}");
+        } else {
+            tracing::info!(setting, "{text}");
+        }
+    }
+}
+
+/// The start-up advice, from the settings, the platform, the environment (read through `env`) and
+/// the address the listener is bound to.
+pub fn startup_lines(
+    config: &Config,
+    platform: &Platform,
+    env: &dyn Fn(&str) -> Option<String>,
+    bound: Option<SocketAddr>,
+) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let trusted = config.trusted_proxies_on(platform);
+    lines.push(trusted_line(&trusted, platform));
+    if let Some(everything) = trusted.nets().iter().find(|net| net.prefix() == 0) {
+        lines.push(Line {
+            level: Level::WARN,
+            setting: "BANTER_TRUSTED_PROXIES",
+            text: format!(
+                "BANTER_TRUSTED_PROXIES includes {everything}, every address: any client can then \
+                 write X-Forwarded-For and choose the address it is counted under. List only \
+                 your proxies (their addresses or subnet){}",
+                if matches!(platform, Platform::AppService { .. }) {
+                    "; on Azure App Service, unset it to trust the front end's ranges"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+    if config.redis_url().is_some() && config.transports.contains(&Transport::Polling) {
+        let transports = config
+            .transports
+            .iter()
+            .map(|t| match t {
+                Transport::Polling => "polling",
+                Transport::Websocket => "websocket",
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        lines.push(Line {
+            level: Level::WARN,
+            setting: "BANTER_TRANSPORTS",
+            text: format!(
+                "several instances share Redis and long-polling is on \
+                 (BANTER_TRANSPORTS={transports}): every request of a polling client must reach \
+                 the instance that holds its session, so the load balancer needs sticky sessions \
+                 (docs/scaling.md, section 4; on Azure App Service, ARR affinity), or clients get \
+                 400 \"Session ID unknown\". If it cannot keep clients on one instance, set \
+                 BANTER_TRANSPORTS=websocket"
+            ),
+        });
+    }
+    if let Platform::AppService { .. } = platform {
+        lines.extend(app_service_lines(env, bound));
+    }
+    lines
+}
+
+fn trusted_line(trusted: &TrustedProxies, platform: &Platform) -> Line {
+    let on_azure = match platform {
+        Platform::AppService { site } => Some(site.as_str()),
+        Platform::Other => None,
+    };
+    let text = match (trusted.source(), on_azure) {
+        (TrustSource::AppService, site) => format!(
+            "on Azure App Service (app {}): trusting X-Forwarded-For and X-Forwarded-Proto from \
+             the front end's ranges by default: {trusted}. BANTER_TRUSTED_PROXIES replaces this \
+             list (empty or none: trust no proxy)",
+            site.unwrap_or("?")
+        ),
+        (TrustSource::Setting, _) if trusted.nets().is_empty() => format!(
+            "trusting no proxy (BANTER_TRUSTED_PROXIES is set to none): X-Forwarded-For is \
+             ignored and every TCP peer counts as the client{}",
+            if on_azure.is_some() {
+                "; on Azure App Service, every browser then counts as the front end"
+            } else {
+                ""
+            }
+        ),
+        (TrustSource::Setting, _) => format!(
+            "trusting X-Forwarded-For and X-Forwarded-Proto from {trusted} \
+             (BANTER_TRUSTED_PROXIES{})",
+            if on_azure.is_some() {
+                "; it replaces the Azure App Service default"
+            } else {
+                ""
+            }
+        ),
+        (TrustSource::Unset, _) => "trusting no proxy (BANTER_TRUSTED_PROXIES is unset): \
+             each TCP peer counts as the client. Behind a proxy or load balancer, set \
+             BANTER_TRUSTED_PROXIES to its address (docs/deploy.md, section 10)"
+            .to_owned(),
+    };
+    Line {
+        level: Level::INFO,
+        setting: "BANTER_TRUSTED_PROXIES",
+        text,
+    }
+}
+
+/// App Service forwards to one port of the container (`WEBSITES_PORT`) on its network interface.
+fn app_service_lines(env: &dyn Fn(&str) -> Option<String>, bound: Option<SocketAddr>) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let Some(bound) = bound else {
+        return lines;
+    };
+    if bound.ip().is_loopback() {
+        lines.push(Line {
+            level: Level::WARN,
+            setting: "HOST",
+            text: format!(
+                "listening on {}, which App Service's front end cannot reach: set HOST=0.0.0.0 \
+                 (the image does)",
+                bound.ip()
+            ),
+        });
+    }
+    let port = bound.port();
+    match env("WEBSITES_PORT").map(|p| p.trim().to_owned()) {
+        Some(forwarded) if !forwarded.is_empty() => {
+            if forwarded != port.to_string() {
+                lines.push(Line {
+                    level: Level::WARN,
+                    setting: "WEBSITES_PORT",
+                    text: format!(
+                        "App Service forwards to WEBSITES_PORT={forwarded}, but Banter listens \
+                         on port {port}: set PORT={forwarded}, or WEBSITES_PORT={port}"
+                    ),
+                });
+            }
+        }
+        _ => lines.push(Line {
+            level: Level::INFO,
+            setting: "WEBSITES_PORT",
+            text: format!(
+                "WEBSITES_PORT is not set: App Service has to guess the port to forward to; set \
+                 WEBSITES_PORT={port} (docs/deploy.md, section 6)"
+            ),
+        }),
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use clap::Parser;
+
     use super::*;
 
     #[test]
@@ -191,5 +372,113 @@ mod tests {
         let text = untrusted_forwarding_text("127.0.0.1".parse().unwrap(), bounds);
         assert!(text.contains("BANTER_TRUSTED_PROXIES=127.0.0.1"), "{text}");
         assert!(text.contains("256 open connections, 20 new connections per second"));
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn lines(
+        args: &[&str],
+        platform: &Platform,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<Line> {
+        let config = Config::parse_from(std::iter::once("banter").chain(args.iter().copied()));
+        startup_lines(
+            &config,
+            platform,
+            env,
+            Some("127.0.0.1:8080".parse().unwrap()),
+        )
+    }
+
+    fn find<'a>(lines: &'a [Line], setting: &str) -> Vec<&'a Line> {
+        lines.iter().filter(|l| l.setting == setting).collect()
+    }
+
+    #[test]
+    fn startup_says_which_proxies_are_trusted_and_why() {
+        let azure = Platform::AppService {
+            site: "banter-chat".into(),
+        };
+        let none = env(&[]);
+        let out = lines(&[], &Platform::Other, &none);
+        let trusted = find(&out, "BANTER_TRUSTED_PROXIES");
+        assert_eq!(trusted.len(), 1);
+        assert!(trusted[0].text.contains("is unset"), "{:?}", trusted[0]);
+
+        let out = lines(&[], &azure, &none);
+        let trusted = find(&out, "BANTER_TRUSTED_PROXIES")[0];
+        assert!(
+            trusted
+                .text
+                .contains("on Azure App Service (app banter-chat)")
+        );
+        assert!(trusted.text.contains("10.0.0.0/8"), "{trusted:?}");
+
+        let out = lines(&["--trusted-proxies", ""], &azure, &none);
+        let trusted = find(&out, "BANTER_TRUSTED_PROXIES")[0];
+        assert!(trusted.text.contains("set to none"), "{trusted:?}");
+        assert!(trusted.text.contains("front end"), "{trusted:?}");
+
+        let out = lines(&["--trusted-proxies", "0.0.0.0/0"], &Platform::Other, &none);
+        let warned = find(&out, "BANTER_TRUSTED_PROXIES");
+        assert_eq!(warned.len(), 2);
+        assert_eq!(warned[1].level, Level::WARN);
+        assert!(warned[1].text.contains("0.0.0.0/0, every address"));
+    }
+
+    #[test]
+    fn startup_warns_about_polling_across_instances() {
+        let none = env(&[]);
+        let redis = ["--redis-url", "redis://127.0.0.1:6379"];
+        let out = lines(&redis, &Platform::Other, &none);
+        let sticky = find(&out, "BANTER_TRANSPORTS");
+        assert_eq!(sticky.len(), 1);
+        assert_eq!(sticky[0].level, Level::WARN);
+        assert!(sticky[0].text.contains("sticky sessions"));
+        assert!(sticky[0].text.contains("BANTER_TRANSPORTS=websocket"));
+        assert!(sticky[0].text.contains("docs/scaling.md"));
+        let ws_only = [&redis[..], &["--transports", "websocket"]].concat();
+        assert!(
+            find(
+                &lines(&ws_only, &Platform::Other, &none),
+                "BANTER_TRANSPORTS"
+            )
+            .is_empty()
+        );
+        assert!(find(&lines(&[], &Platform::Other, &none), "BANTER_TRANSPORTS").is_empty());
+    }
+
+    #[test]
+    fn startup_checks_the_app_service_port_and_interface() {
+        let azure = Platform::AppService {
+            site: "banter-chat".into(),
+        };
+        // Bound to 127.0.0.1:8080 (see `lines`).
+        let out = lines(&[], &azure, &env(&[("WEBSITES_PORT", "8080")]));
+        assert_eq!(find(&out, "HOST")[0].level, Level::WARN);
+        assert!(find(&out, "WEBSITES_PORT").is_empty(), "the port matches");
+        let out = lines(&[], &azure, &env(&[("WEBSITES_PORT", "3000")]));
+        let port = find(&out, "WEBSITES_PORT");
+        assert_eq!(port[0].level, Level::WARN);
+        assert!(
+            port[0]
+                .text
+                .contains("set PORT=3000, or WEBSITES_PORT=8080")
+        );
+        let out = lines(&[], &azure, &env(&[]));
+        assert!(
+            find(&out, "WEBSITES_PORT")[0]
+                .text
+                .contains("WEBSITES_PORT=8080")
+        );
+        // Elsewhere, neither applies.
+        let out = lines(&[], &Platform::Other, &env(&[]));
+        assert!(find(&out, "HOST").is_empty() && find(&out, "WEBSITES_PORT").is_empty());
     }
 }

@@ -42,6 +42,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    crate::advice::at_startup(&config, listener.local_addr().ok());
     match config.redis_url() {
         None => {
             let ctx = context(
@@ -58,6 +59,7 @@ pub async fn run(
                 redis: None,
                 metrics_elsewhere: config.metrics_addr.is_some(),
                 history: Some(ctx.history.clone()),
+                trusted_proxies: config.effective_trusted_proxies(),
             };
             serve_metrics(&config, &readiness).await?;
             let router = router(&config, svc, readiness, &ctx.clients);
@@ -108,6 +110,7 @@ pub async fn run(
                 redis: Some(redis.health.clone()),
                 metrics_elsewhere: config.metrics_addr.is_some(),
                 history: Some(ctx.history.clone()),
+                trusted_proxies: config.effective_trusted_proxies(),
             };
             serve_metrics(&config, &readiness).await?;
             let router = router(&config, svc, readiness, &ctx.clients);
