@@ -1,16 +1,17 @@
 //! The log lines that tell an operator what to set.
 //!
 //! A first deployment behind a proxy fails in ways that Banter alone notices: every browser
-//! arriving from the proxy's address and sharing its per-address bounds, long-polling across
-//! instances without sticky sessions, App Service forwarding to a port nobody listens on. Each of
-//! those would otherwise be a silent refusal. Here they become a line in the log that names the
-//! setting and a value to try: at start-up for what the settings and the environment show, and
-//! while serving for what the traffic shows.
+//! arriving from the proxy's address and sharing its per-address bounds, a proxy that rewrites
+//! `Host` so that the page's own origin is refused, long-polling across instances without sticky
+//! sessions, App Service forwarding to a port nobody listens on. Each of those would otherwise be
+//! a silent refusal. Here they become a line in the log that names the setting and a value to
+//! try: at start-up for what the settings and the environment show, and while serving for what
+//! the traffic shows.
 //!
-//! Warnings from traffic come once per cause (per proxy address), not per request. The causes
-//! already reported are kept in sets of fixed capacity, process-wide like the metrics: traffic
-//! cannot grow them, and when one is full a last line says that further causes of that kind go
-//! unreported (the metrics still count them).
+//! Warnings from traffic come once per cause (per proxy address, per page origin), not per
+//! request. The causes already reported are kept in sets of fixed capacity, process-wide like
+//! the metrics: traffic cannot grow them, and when one is full a last line says that further
+//! causes of that kind go unreported (the metrics still count them).
 
 use std::collections::HashSet;
 use std::hash::Hash;
@@ -18,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, PoisonError};
 
+use axum::http::HeaderMap;
 use tracing::Level;
 
 use crate::clients::{AddressBounds, Refusal, TrustSource, TrustedProxies};
@@ -28,6 +30,12 @@ use crate::platform::Platform;
 /// Proxy addresses whose untrusted `X-Forwarded-For` is reported. Real deployments have a
 /// handful of proxies; the rest would be clients writing the header themselves.
 const MAX_FORWARDING_PEERS: usize = 64;
+
+/// Page origins whose refusal behind a proxy is reported.
+const MAX_ORIGINS: usize = 32;
+
+/// Origins longer than this are not remembered (nor reported): no page has one.
+const MAX_ORIGIN_LEN: usize = 256;
 
 /// Remembers up to a fixed number of keys, so that something is reported once per key and the
 /// memory stays bounded whatever the traffic.
@@ -85,6 +93,7 @@ static FORWARDING_PEERS: LazyLock<OnceEach<IpAddr>> =
     LazyLock::new(|| OnceEach::new(MAX_FORWARDING_PEERS));
 static REFUSED_PROXIES: LazyLock<OnceEach<IpAddr>> =
     LazyLock::new(|| OnceEach::new(MAX_FORWARDING_PEERS));
+static REFUSED_ORIGINS: LazyLock<OnceEach<String>> = LazyLock::new(|| OnceEach::new(MAX_ORIGINS));
 
 // ---------------------------------------------------------------------------------------------
 // From traffic
@@ -169,6 +178,126 @@ pub fn refused(addr: IpAddr, refusal: Refusal, bounds: AddressBounds) {
          BANTER_TRUSTED_PROXIES={addr} so that each client behind it counts on its own \
          (banter_connections_refused_total counts the refusals)"
     );
+}
+
+/// A Socket.IO request from a page of `origin` was refused (it is neither the `Host` nor in
+/// `BANTER_ALLOWED_ORIGINS`). Mostly another site's page, which is what the check is for; but
+/// when the request came through a proxy that rewrote `Host`, it is our own page. Reported once
+/// per origin when the headers point at a proxy.
+pub fn refused_origin(origin: &str, host: Option<&str>, headers: &HeaderMap) {
+    let Some(text) = refused_origin_text(origin, host, headers) else {
+        return;
+    };
+    if origin.len() > MAX_ORIGIN_LEN {
+        return;
+    }
+    if REFUSED_ORIGINS.note(origin.to_owned()) == Seen::First {
+        tracing::warn!(origin, setting = "BANTER_ALLOWED_ORIGINS", "{text}");
+    }
+}
+
+/// Why a refused origin looks like our own page behind a proxy, and what to set; `None` when
+/// nothing points at a proxy.
+fn refused_origin_text(origin: &str, host: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    let authority = origin.split_once("://").map(|(_, rest)| rest)?;
+    let host = host.unwrap_or("");
+    let forwarded_host = forwarded_host(headers);
+    let why = if let Some((header, asked)) = &forwarded_host
+        && asked.eq_ignore_ascii_case(authority)
+    {
+        format!(
+            "a proxy rewrote Host: the browser asked for {asked} ({header}), but Host says \
+             {host:?}"
+        )
+    } else if !host.is_empty() && same_name_other_port(authority, host) {
+        format!(
+            "Host says {host:?}, the page's host with another port or none: a proxy in front \
+             changed it (nginx: `proxy_set_header Host $http_host`, not `$host`)"
+        )
+    } else if let Some(header) = forwarded_host
+        .as_ref()
+        .map(|(header, _)| *header)
+        .or_else(|| proxy_header(headers))
+    {
+        format!(
+            "the request came through a proxy (it carries {header}), which may have rewritten \
+             Host: Host says {host:?}"
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "refused Socket.IO from a page at {origin}: {why}. If {origin} is your chat page's \
+         origin, set BANTER_ALLOWED_ORIGINS={origin}, or make the proxy pass the browser's Host \
+         on unchanged; if it is not, another site's page tried to connect, and the refusal is \
+         right"
+    ))
+}
+
+/// The host the browser asked for, as a proxy reports it: the header's name and its value.
+fn forwarded_host(headers: &HeaderMap) -> Option<(&'static str, String)> {
+    for name in ["x-forwarded-host", "x-original-host"] {
+        // A list when several proxies added one: the browser's is the first.
+        if let Some(first) = header_text(headers, name)
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            return Some((canonical_name(name), first.to_owned()));
+        }
+    }
+    // RFC 7239: `Forwarded: for=...;host=chat.example;proto=https, for=...`.
+    let forwarded = header_text(headers, "forwarded")?;
+    let first = forwarded.split(',').next()?;
+    first.split(';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("host")
+            .then(|| ("Forwarded", value.trim().trim_matches('"').to_owned()))
+    })
+}
+
+/// A header that a proxy adds to what it forwards, if the request has one.
+fn proxy_header(headers: &HeaderMap) -> Option<&'static str> {
+    ["x-forwarded-for", "forwarded", "x-real-ip", "via"]
+        .into_iter()
+        .find(|name| headers.contains_key(*name))
+        .map(canonical_name)
+}
+
+fn canonical_name(name: &str) -> &'static str {
+    match name {
+        "x-forwarded-host" => "X-Forwarded-Host",
+        "x-original-host" => "X-Original-Host",
+        "x-forwarded-for" => "X-Forwarded-For",
+        "forwarded" => "Forwarded",
+        "x-real-ip" => "X-Real-IP",
+        _ => "Via",
+    }
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Whether two authorities (`host[:port]`) name the same host with different ports.
+fn same_name_other_port(a: &str, b: &str) -> bool {
+    let split = |s: &str| -> (String, Option<String>) {
+        // `[::1]:3000`, `[::1]`, `chat.example:3000`, `chat.example`.
+        if let Some(rest) = s.strip_prefix('[')
+            && let Some((ip, after)) = rest.split_once(']')
+        {
+            let port = after.strip_prefix(':').map(str::to_owned);
+            return (ip.to_ascii_lowercase(), port);
+        }
+        match s.rsplit_once(':') {
+            Some((name, port)) => (name.to_ascii_lowercase(), Some(port.to_owned())),
+            None => (s.to_ascii_lowercase(), None),
+        }
+    };
+    let (a_name, a_port) = split(a);
+    let (b_name, b_port) = split(b);
+    a_name == b_name && a_port != b_port
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -345,9 +474,18 @@ fn app_service_lines(env: &dyn Fn(&str) -> Option<String>, bound: Option<SocketA
 mod tests {
     use std::collections::HashMap;
 
+    use axum::http::HeaderValue;
     use clap::Parser;
 
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
 
     #[test]
     fn each_key_is_reported_once_and_the_set_stays_bounded() {
@@ -372,6 +510,75 @@ mod tests {
         let text = untrusted_forwarding_text("127.0.0.1".parse().unwrap(), bounds);
         assert!(text.contains("BANTER_TRUSTED_PROXIES=127.0.0.1"), "{text}");
         assert!(text.contains("256 open connections, 20 new connections per second"));
+    }
+
+    #[test]
+    fn a_refused_origin_is_explained_only_when_a_proxy_shows() {
+        let origin = "https://chat.example";
+        // Another site's page, straight to us: the refusal is the point, nothing to advise.
+        assert_eq!(
+            refused_origin_text(origin, Some("banter:3000"), &headers(&[])),
+            None
+        );
+
+        // The proxy says which host the browser asked for: Host was rewritten.
+        let text = refused_origin_text(
+            origin,
+            Some("banter:3000"),
+            &headers(&[("x-forwarded-host", "chat.example")]),
+        )
+        .unwrap();
+        assert!(text.contains("a proxy rewrote Host"), "{text}");
+        assert!(text.contains("X-Forwarded-Host"), "{text}");
+        assert!(
+            text.contains("BANTER_ALLOWED_ORIGINS=https://chat.example"),
+            "{text}"
+        );
+        let text = refused_origin_text(
+            origin,
+            Some("10.0.0.4"),
+            &headers(&[("forwarded", "for=1.2.3.4;Host=\"chat.example\";proto=https")]),
+        )
+        .unwrap();
+        assert!(text.contains("(Forwarded)"), "{text}");
+        let text = refused_origin_text(
+            origin,
+            Some("backend.internal"),
+            &headers(&[("x-original-host", "chat.example")]),
+        )
+        .unwrap();
+        assert!(text.contains("X-Original-Host"), "{text}");
+
+        // The port dropped on the way ($host instead of $http_host in nginx).
+        let text = refused_origin_text(
+            "http://chat.example:8080",
+            Some("chat.example"),
+            &headers(&[]),
+        )
+        .unwrap();
+        assert!(text.contains("$http_host"), "{text}");
+
+        // Only a forwarding header: a proxy is there, and may have rewritten Host.
+        let text = refused_origin_text(
+            origin,
+            Some("banter"),
+            &headers(&[("x-forwarded-for", "1.2.3.4")]),
+        )
+        .unwrap();
+        assert!(text.contains("came through a proxy"), "{text}");
+        assert!(
+            text.contains("if it is not, another site's page"),
+            "the advice is conditional: {text}"
+        );
+    }
+
+    #[test]
+    fn authorities_compare_by_name_then_port() {
+        assert!(same_name_other_port("chat.example:8080", "chat.example"));
+        assert!(same_name_other_port("Chat.Example:8080", "chat.example:80"));
+        assert!(same_name_other_port("[::1]:3000", "[::1]"));
+        assert!(!same_name_other_port("chat.example", "chat.example"));
+        assert!(!same_name_other_port("chat.example:1", "other.example:1"));
     }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
