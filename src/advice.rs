@@ -13,6 +13,7 @@
 //! the metrics: traffic cannot grow them, and when one is full a last line says that further
 //! causes of that kind go unreported (the metrics still count them).
 
+use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
@@ -81,7 +82,11 @@ impl<K: Eq + Hash> OnceEach<K> {
         }
     }
 
-    pub fn contains(&self, key: &K) -> bool {
+    pub fn contains<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -185,12 +190,13 @@ pub fn refused(addr: IpAddr, refusal: Refusal, bounds: AddressBounds) {
 /// when the request came through a proxy that rewrote `Host`, it is our own page. Reported once
 /// per origin when the headers point at a proxy.
 pub fn refused_origin(origin: &str, host: Option<&str>, headers: &HeaderMap) {
+    // Cheap checks first: a page that keeps trying is refused on every attempt.
+    if origin.len() > MAX_ORIGIN_LEN || REFUSED_ORIGINS.contains(origin) {
+        return;
+    }
     let Some(text) = refused_origin_text(origin, host, headers) else {
         return;
     };
-    if origin.len() > MAX_ORIGIN_LEN {
-        return;
-    }
     if REFUSED_ORIGINS.note(origin.to_owned()) == Seen::First {
         tracing::warn!(origin, setting = "BANTER_ALLOWED_ORIGINS", "{text}");
     }
