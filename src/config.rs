@@ -120,8 +120,8 @@ pub struct Config {
     /// Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed, comma separated: addresses
     /// or networks (`127.0.0.1,10.0.0.0/8`). Set it to your load balancer's addresses; without
     /// it, the TCP peer is the client, and behind a proxy every client shares the proxy's
-    /// per-address limits. Unset on Azure App Service: the front end's private ranges are trusted.
-    /// Empty, or "none": no proxy is trusted, not even there.
+    /// per-address limits. Unset on Azure App Service: the front end's ranges (private,
+    /// link-local, loopback) are trusted. Empty, or "none": no proxy is trusted, not even there.
     #[arg(long, env = "BANTER_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<TrustedProxies>,
 
