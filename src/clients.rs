@@ -33,6 +33,11 @@ pub struct IpNet {
 }
 
 impl IpNet {
+    /// The prefix length: 0 for a network that holds every address of its family.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -79,8 +84,15 @@ impl FromStr for IpNet {
 }
 
 impl fmt::Display for IpNet {
+    /// A single address as itself (`127.0.0.1`), a wider network with its prefix: the way an
+    /// operator writes them in `BANTER_TRUSTED_PROXIES`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        let single = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.prefix == single {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
     }
 }
 
@@ -93,17 +105,57 @@ pub struct Client {
     pub https: bool,
 }
 
-/// The operator's list of proxies whose forwarding headers are believed.
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+/// The proxies whose forwarding headers are believed, and where that list came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    source: TrustSource,
+}
+
+/// Where the list of trusted proxies came from, for the start-up line and `/readyz`: an operator
+/// reading either must be able to tell a deliberate empty list from a forgotten setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TrustSource {
+    /// `BANTER_TRUSTED_PROXIES` is not set, and no platform default applies: nobody is trusted.
+    #[default]
+    Unset,
+    /// `BANTER_TRUSTED_PROXIES` (or `--trusted-proxies`), possibly empty.
+    Setting,
+    /// The setting is not set and Banter runs on Azure App Service: its front end's ranges.
+    AppService,
+}
+
+impl TrustSource {
+    /// The name `/readyz` and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unset => "unset",
+            Self::Setting => "setting",
+            Self::AppService => "azure-app-service-default",
+        }
+    }
+}
 
 impl TrustedProxies {
+    /// A list the operator gave.
     pub fn new(nets: Vec<IpNet>) -> Self {
-        Self(nets)
+        Self::from_source(nets, TrustSource::Setting)
+    }
+
+    pub fn from_source(nets: Vec<IpNet>, source: TrustSource) -> Self {
+        Self { nets, source }
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(ip))
+        self.nets.iter().any(|net| net.contains(ip))
+    }
+
+    pub fn nets(&self) -> &[IpNet] {
+        &self.nets
+    }
+
+    pub fn source(&self) -> TrustSource {
+        self.source
     }
 
     /// Who sent a request that reached us from `peer`. `X-Forwarded-For` lists the addresses a
@@ -150,6 +202,42 @@ impl TrustedProxies {
             None => own_tls,
         };
         Client { addr, https }
+    }
+}
+
+/// The value of `BANTER_TRUSTED_PROXIES`: networks, comma separated. An empty value (or `none`)
+/// is a list too, an empty one: "trust nobody", which also turns off the App Service default.
+/// That is why the whole value is parsed here rather than split by clap, which would hand an
+/// empty value to `IpNet` and refuse it.
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("none") {
+            return Ok(Self::new(Vec::new()));
+        }
+        let nets = s
+            .split(',')
+            .filter(|entry| !entry.trim().is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<IpNet>, _>>()?;
+        Ok(Self::new(nets))
+    }
+}
+
+impl fmt::Display for TrustedProxies {
+    /// The networks, comma separated (the setting's own syntax), or `none`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.nets.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, net) in self.nets.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{net}")?;
+        }
+        Ok(())
     }
 }
 
@@ -375,8 +463,14 @@ pub async fn identify(
     let client = policy
         .trusted
         .client(peer.ip(), request.headers(), policy.own_tls);
+    // A proxy we do not trust: the operator has to hear of it, or every client behind it shares
+    // one address's bounds without a word in the log.
+    if request.headers().contains_key("x-forwarded-for") && !policy.trusted.trusts(peer.ip()) {
+        crate::advice::untrusted_forwarding(client.addr, policy.limits.bounds());
+    }
     if handshake && let Err(refusal) = policy.limits.admit(client.addr) {
         crate::metrics::METRICS.address_refused(refusal);
+        crate::advice::refused(client.addr, refusal, policy.limits.bounds());
         tracing::debug!(client = %client.addr, %refusal, "refused a new session");
         let mut response = (StatusCode::TOO_MANY_REQUESTS, format!("{refusal}\n")).into_response();
         if let Refusal::Rate(after) = refusal {
@@ -445,6 +539,25 @@ mod tests {
         for bad in ["", "10.0.0.0/33", "10.0.0/8", "::/129", "x", "10.0.0.0/-1"] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_setting_is_one_list_and_an_empty_one_trusts_nobody() {
+        let t: TrustedProxies = " 127.0.0.1, 10.0.0.0/8,::1/128 ".parse().unwrap();
+        assert_eq!(t.source(), TrustSource::Setting);
+        assert_eq!(
+            t.to_string(),
+            "127.0.0.1,10.0.0.0/8,::1",
+            "as an operator writes it"
+        );
+        assert!(t.trusts(ip("10.9.8.7")) && t.trusts(ip("::1")));
+        for empty in ["", "  ", "none", "None", ",,"] {
+            let t: TrustedProxies = empty.parse().unwrap();
+            assert!(t.nets().is_empty(), "{empty:?}");
+            assert!(!t.trusts(ip("127.0.0.1")));
+        }
+        assert!("127.0.0.1,none".parse::<TrustedProxies>().is_err());
+        assert!("127.0.0.1;10.0.0.1".parse::<TrustedProxies>().is_err());
     }
 
     #[test]

@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 
 use crate::chat::Limits;
-use crate::clients::{AddressBounds, IpNet};
+use crate::clients::{AddressBounds, TrustedProxies};
+use crate::platform::Platform;
 
 /// Banter: a real-time chat server that speaks Socket.IO, a drop-in for the classic Node.js chat
 /// example. Every setting can also be given in the environment variable named beside it.
@@ -123,11 +124,12 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
 
     /// Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed, comma separated: addresses
-    /// or networks (`127.0.0.1,10.0.0.0/8`). Set it to your load balancer's or web-app host's
-    /// front-end addresses; without it, the TCP peer is the client (behind a proxy, every client
-    /// would then share the proxy's per-address limits).
-    #[arg(long, env = "BANTER_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<IpNet>,
+    /// or networks (`127.0.0.1,10.0.0.0/8`). Set it to your load balancer's addresses; without
+    /// it, the TCP peer is the client, and behind a proxy every client shares the proxy's
+    /// per-address limits. Unset on Azure App Service: the front end's ranges (private,
+    /// link-local, loopback) are trusted. Empty, or "none": no proxy is trusted, not even there.
+    #[arg(long, env = "BANTER_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<TrustedProxies>,
 
     /// New connections (Engine.IO sessions) one client address may open per second, on average
     /// (IPv6: per /64). Refused with 429 beyond it. 0 turns the limit off.
@@ -265,6 +267,20 @@ impl Config {
             .filter(|url| !url.trim().is_empty())
     }
 
+    /// The proxies whose forwarding headers are believed: the setting when it is given (an empty
+    /// one included), otherwise the default of the platform this process runs on.
+    pub fn effective_trusted_proxies(&self) -> TrustedProxies {
+        self.trusted_proxies_on(&Platform::current())
+    }
+
+    /// As [`Self::effective_trusted_proxies`], on `platform`.
+    pub fn trusted_proxies_on(&self, platform: &Platform) -> TrustedProxies {
+        match &self.trusted_proxies {
+            Some(setting) => setting.clone(),
+            None => platform.default_trusted_proxies(),
+        }
+    }
+
     pub fn instance_timeout(&self) -> Duration {
         Duration::from_millis(self.instance_timeout_ms)
     }
@@ -334,9 +350,48 @@ mod tests {
         let c = Config::parse_from(["banter", "--message-rate", "0"]);
         assert!(c.validate().is_err());
         let c = Config::parse_from(["banter", "--trusted-proxies", "127.0.0.1,10.0.0.0/8"]);
-        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(c.trusted_proxies.map(|t| t.nets().len()), Some(2));
         assert!(Config::try_parse_from(["banter", "--trusted-proxies", "10.0.0.0/40"]).is_err());
+        assert!(Config::try_parse_from(["banter", "--trusted-proxies", "10.0.0.0/8,x"]).is_err());
         let c = Config::parse_from(["banter", "--connect-rate-per-ip=-1"]);
         assert!(c.validate().is_err());
+    }
+
+    fn app_service() -> Platform {
+        Platform::AppService {
+            site: "banter-chat".into(),
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_the_setting_else_from_the_platform() {
+        use crate::clients::TrustSource;
+
+        let unset = Config::parse_from(["banter"]);
+        let none = unset.trusted_proxies_on(&Platform::Other);
+        assert_eq!((none.nets().len(), none.source()), (0, TrustSource::Unset));
+        let azure = unset.trusted_proxies_on(&app_service());
+        assert_eq!(azure.source(), TrustSource::AppService);
+        assert!(azure.trusts("169.254.129.1".parse().unwrap()));
+
+        // An explicit list replaces the App Service default; it does not add to it.
+        let listed = Config::parse_from(["banter", "--trusted-proxies", "203.0.113.7"]);
+        let listed = listed.trusted_proxies_on(&app_service());
+        assert_eq!(listed.source(), TrustSource::Setting);
+        assert!(listed.trusts("203.0.113.7".parse().unwrap()));
+        assert!(!listed.trusts("169.254.129.1".parse().unwrap()));
+
+        // Empty (what `BANTER_TRUSTED_PROXIES=` gives clap) or "none": trust nobody, deliberately,
+        // on App Service too.
+        for empty in ["", " ", "none", "NONE", ","] {
+            let c = Config::try_parse_from(["banter", "--trusted-proxies", empty]).unwrap();
+            let t = c.trusted_proxies_on(&app_service());
+            assert_eq!(
+                (t.nets().len(), t.source()),
+                (0, TrustSource::Setting),
+                "{empty:?}"
+            );
+            assert_eq!(t.to_string(), "none");
+        }
     }
 }

@@ -108,6 +108,9 @@ pub async fn check_origin(
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
         if !allowed.allows(origin, host) {
             tracing::info!(origin, "refused a Socket.IO request from a foreign origin");
+            if let Some(origin) = origin {
+                crate::advice::refused_origin(origin, host, headers);
+            }
             return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
         }
     }

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod advice;
 pub mod chat;
 pub mod clients;
 pub mod cluster;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod gateway;
 pub mod guard;
 pub mod metrics;
+pub mod platform;
 pub mod protocol;
 pub mod serve;
 pub mod server;

@@ -66,6 +66,7 @@ pub struct Metrics {
     disconnects_total: [AtomicU64; REASONS.len()],
     refused_addresses_rate_total: AtomicU64,
     refused_addresses_open_total: AtomicU64,
+    untrusted_forwarded_total: AtomicU64,
 }
 
 /// The transport a connection started on.
@@ -132,6 +133,13 @@ impl Metrics {
             Refusal::Open => &self.refused_addresses_open_total,
         }
         .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request carried `X-Forwarded-For` from a peer that is not a trusted proxy (the header
+    /// was ignored).
+    pub fn untrusted_forwarded(&self) {
+        self.untrusted_forwarded_total
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn refused(&self, code: ErrorCode) {
@@ -218,6 +226,13 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP banter_untrusted_forwarded_total Requests that carried X-Forwarded-For from a \
+             peer not in BANTER_TRUSTED_PROXIES: the header was ignored, and the peer counted as \
+             the client.\n# TYPE banter_untrusted_forwarded_total counter\nbanter_untrusted_forwarded_total {}",
+            get(&self.untrusted_forwarded_total)
+        );
+        let _ = writeln!(
+            out,
             "# HELP banter_disconnects_total Socket.IO connections ended, by reason (\"too slow\": \
              the client fell further behind than BANTER_MAX_BUFFERED_BYTES).\n# TYPE banter_disconnects_total counter"
         );
@@ -286,7 +301,10 @@ mod tests {
         m.refused(ErrorCode::TooLong);
         m.message_accepted(Duration::from_micros(300));
         m.message_accepted(Duration::from_secs(2));
+        m.untrusted_forwarded();
+        m.untrusted_forwarded();
         let text = m.render(None, Some(7));
+        assert!(text.contains("\nbanter_untrusted_forwarded_total 2\n"));
         assert!(text.contains("banter_connections{transport=\"websocket\"} 1"));
         assert!(text.contains("banter_refusals_total{code=\"too_long\"} 1"));
         assert!(text.contains("banter_message_seconds_bucket{le=\"0.00025\"} 0"));

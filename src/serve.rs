@@ -77,6 +77,7 @@ pub async fn serve<L>(
                 Ok(slot) => Some(slot),
                 Err(refusal) => {
                     crate::metrics::METRICS.address_refused(refusal);
+                    crate::advice::refused(peer.ip(), refusal, peers.limits.bounds());
                     tracing::debug!(%peer, "too many connections from this address; closed");
                     continue;
                 }

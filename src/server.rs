@@ -47,6 +47,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    crate::advice::at_startup(&config, listener.local_addr().ok());
     let io = SocketIo::new(engine_config(&config));
     match config.redis_url() {
         None => {
@@ -60,6 +61,7 @@ pub async fn run(
                 redis: None,
                 metrics_elsewhere: config.metrics_addr.is_some(),
                 history: Some(ctx.history.clone()),
+                trusted_proxies: config.effective_trusted_proxies(),
             };
             serve_metrics(&config, &readiness).await?;
             let router = router(&config, io.clone(), readiness, &ctx.clients);
@@ -107,6 +109,7 @@ pub async fn run(
                 redis: Some(redis.health.clone()),
                 metrics_elsewhere: config.metrics_addr.is_some(),
                 history: Some(ctx.history.clone()),
+                trusted_proxies: config.effective_trusted_proxies(),
             };
             serve_metrics(&config, &readiness).await?;
             let router = router(&config, io.clone(), readiness, &ctx.clients);
@@ -208,7 +211,7 @@ fn router(
         list: Arc::new(config.allowed_origins.clone()),
     };
     let clients = Arc::new(clients::ClientPolicy {
-        trusted: clients::TrustedProxies::new(config.trusted_proxies.clone()),
+        trusted: config.effective_trusted_proxies(),
         limits: Arc::clone(limits),
         own_tls: config.tls_cert.is_some(),
     });
@@ -255,7 +258,7 @@ async fn serve(
             connect_burst: 0,
             max_open: config.max_connections_per_ip,
         }),
-        trusted: clients::TrustedProxies::new(config.trusted_proxies.clone()),
+        trusted: config.effective_trusted_proxies(),
     };
     let mut serving = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::chat::{History, LOBBY};
+use crate::clients::TrustedProxies;
 use crate::cluster::RedisHealth;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -138,6 +139,9 @@ pub struct Readiness {
     pub metrics_elsewhere: bool,
     /// The chat's history, whose size `/metrics` reports.
     pub history: Option<Arc<dyn History>>,
+    /// The proxies whose forwarding headers are believed, which `/readyz` reports so that an
+    /// operator can check them through the proxy itself.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// `GET /metrics` in the Prometheus text format.
@@ -182,6 +186,15 @@ async fn readyz(readiness: Readiness) -> Response {
             "status": if ready { "ready" } else { "not ready" },
             "redis": redis,
             "redisReconnects": reconnects,
+            "trustedProxies": {
+                "source": readiness.trusted_proxies.source().as_str(),
+                "networks": readiness
+                    .trusted_proxies
+                    .nets()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            },
         })),
     )
         .into_response()

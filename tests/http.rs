@@ -3,7 +3,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{RawPolling, TestClient, TestServer};
+use common::{BanterProcess, RawPolling, TestClient, TestServer};
 use rust_socketio::TransportType;
 
 #[tokio::test]
@@ -139,6 +139,43 @@ async fn foreign_origins_cannot_open_socket_io_connections() -> Result<()> {
         .send()
         .await?;
     assert_eq!(ws.status(), 403);
+    Ok(())
+}
+
+/// Behind a proxy that rewrites `Host`, Banter's own page is refused like a foreign one; the log
+/// then says so, once, and names the setting. A foreign page with no proxy in sight gets the
+/// refusal alone: there is nothing to advise.
+#[tokio::test]
+async fn a_page_refused_behind_a_host_rewriting_proxy_is_explained_once() -> Result<()> {
+    let banter = BanterProcess::start_logged(&[], &[]).await?;
+    let http = reqwest::Client::new();
+    let handshake = format!("{}/socket.io/?EIO=4&transport=polling", banter.url);
+    let foreign = http
+        .get(&handshake)
+        .header("origin", "https://evil.example")
+        .send()
+        .await?;
+    assert_eq!(foreign.status(), 403);
+    for _ in 0..3 {
+        let rewritten = http
+            .get(&handshake)
+            .header("origin", "https://chat.example")
+            .header("x-forwarded-host", "chat.example")
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+            .await?;
+        assert_eq!(rewritten.status(), 403, "advice, not a change of the check");
+    }
+    let advice = "set BANTER_ALLOWED_ORIGINS=https://chat.example";
+    let log = banter
+        .wait_for_log("the advice", |log| log.contains(advice))
+        .await?;
+    assert_eq!(log.matches(advice).count(), 1, "once per origin: {log}");
+    assert!(log.contains("a proxy rewrote Host"), "{log}");
+    assert!(
+        !log.contains("BANTER_ALLOWED_ORIGINS=https://evil.example"),
+        "{log}"
+    );
     Ok(())
 }
 

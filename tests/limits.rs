@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use common::TestServer;
+use common::{BanterProcess, TestServer};
 use serde_json::Value;
 
 /// One Engine.IO polling handshake, optionally as if forwarded by a proxy.
@@ -207,6 +207,155 @@ async fn forwarded_for_names_the_client_only_behind_trusted_proxies() -> Result<
         429
     );
     untrusted.shutdown().await
+}
+
+/// `/readyz`'s word on the trusted proxies: where the list came from, and the list.
+async fn trusted_proxies(
+    http: &reqwest::Client,
+    server: &TestServer,
+) -> Result<(String, Vec<String>)> {
+    let ready: Value = http
+        .get(format!("{}/readyz", server.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let trusted = &ready["trustedProxies"];
+    let source = trusted["source"].as_str().context("source")?.to_owned();
+    let networks = trusted["networks"]
+        .as_array()
+        .context("networks")?
+        .iter()
+        .map(|n| n.as_str().map(str::to_owned).context("a network"))
+        .collect::<Result<_>>()?;
+    Ok((source, networks))
+}
+
+/// One counter's value in the Prometheus text.
+fn counter(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+const UNTRUSTED_WARNING: &str = "carry X-Forwarded-For, but 127.0.0.1 is not a trusted proxy";
+
+#[tokio::test]
+async fn an_untrusted_proxy_is_reported_once_with_the_setting_to_change() -> Result<()> {
+    let banter = BanterProcess::start_logged(&[], &[]).await?;
+    let server = banter.server();
+    let http = reqwest::Client::new();
+    banter
+        .wait_for_log("the start-up line on trusted proxies", |log| {
+            log.contains("trusting no proxy (BANTER_TRUSTED_PROXIES is unset)")
+        })
+        .await?;
+    assert_eq!(
+        trusted_proxies(&http, &server).await?,
+        ("unset".to_owned(), vec![])
+    );
+    for client in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
+        session(handshake(&http, &server, Some(client)).await?).await?;
+        let page = http.get(&server.url).header("x-forwarded-for", client);
+        assert_eq!(page.send().await?.status(), 200);
+    }
+    let metrics = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(
+        counter(&metrics, "banter_untrusted_forwarded_total"),
+        Some(6)
+    );
+    let log = banter
+        .wait_for_log("the warning", |log| log.contains(UNTRUSTED_WARNING))
+        .await?;
+    assert!(
+        log.contains("set BANTER_TRUSTED_PROXIES=127.0.0.1"),
+        "{log}"
+    );
+    assert_eq!(log.matches(UNTRUSTED_WARNING).count(), 1, "once: {log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn on_app_service_the_front_end_is_trusted_unless_the_setting_says_otherwise() -> Result<()> {
+    let app_service = [
+        ("WEBSITE_SITE_NAME", "banter-chat"),
+        ("WEBSITE_INSTANCE_ID", "0a1b2c3d4e"),
+    ];
+    let strict = [
+        "--connect-rate-per-ip",
+        "0.001",
+        "--connect-burst-per-ip",
+        "1",
+    ];
+    let http = reqwest::Client::new();
+
+    // Not set: the front end's ranges (loopback among them) are trusted, and each client behind
+    // it has its own budget.
+    let banter = BanterProcess::start_logged(&strict, &app_service).await?;
+    let server = banter.server();
+    let (source, networks) = trusted_proxies(&http, &server).await?;
+    assert_eq!(source, "azure-app-service-default");
+    for net in ["10.0.0.0/8", "169.254.0.0/16", "127.0.0.0/8"] {
+        assert!(networks.iter().any(|n| n == net), "{net} in {networks:?}");
+    }
+    let statuses = [
+        handshake(&http, &server, Some("1.1.1.1:50001"))
+            .await?
+            .status(),
+        handshake(&http, &server, Some("2.2.2.2:50002"))
+            .await?
+            .status(),
+        handshake(&http, &server, Some("1.1.1.1:50003"))
+            .await?
+            .status(),
+    ];
+    assert_eq!(statuses, [200, 200, 429], "per forwarded client");
+    let log = banter
+        .wait_for_log("the App Service line", |log| {
+            log.contains("on Azure App Service (app banter-chat)")
+        })
+        .await?;
+    assert!(!log.contains("carry X-Forwarded-For"), "{log}");
+    drop(banter);
+
+    // Set, to nothing or to something else: the setting wins. (An empty variable is what
+    // `az webapp config appsettings set ... BANTER_TRUSTED_PROXIES=` gives.)
+    for (value, expected) in [
+        ("", vec![]),
+        ("none", vec![]),
+        ("10.9.9.9", vec!["10.9.9.9"]),
+    ] {
+        let env = [&app_service[..], &[("BANTER_TRUSTED_PROXIES", value)]].concat();
+        let banter = BanterProcess::start_logged(&strict, &env).await?;
+        let server = banter.server();
+        assert_eq!(
+            trusted_proxies(&http, &server).await?,
+            (
+                "setting".to_owned(),
+                expected.iter().map(|s| (*s).to_owned()).collect()
+            ),
+            "BANTER_TRUSTED_PROXIES={value:?}"
+        );
+        // Every request now counts as 127.0.0.1, whatever it says.
+        assert_eq!(
+            handshake(&http, &server, Some("1.1.1.1")).await?.status(),
+            200
+        );
+        assert_eq!(
+            handshake(&http, &server, Some("2.2.2.2")).await?.status(),
+            429,
+            "BANTER_TRUSTED_PROXIES={value:?}"
+        );
+        banter
+            .wait_for_log("the warning", |log| log.contains(UNTRUSTED_WARNING))
+            .await?;
+    }
+    Ok(())
 }
 
 #[tokio::test]

@@ -538,24 +538,69 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// The real `banter` binary in a child process: for what an in-process server cannot show
-/// (kill -9, SIGTERM). Killed on drop.
+/// (kill -9, SIGTERM, the process environment, the log). Killed on drop.
 pub struct BanterProcess {
     pub url: String,
     child: tokio::process::Child,
+    /// Its stderr so far, when started with [`BanterProcess::start_logged`].
+    log: Option<std::sync::Arc<std::sync::Mutex<String>>>,
 }
+
+/// Variables of the test's own environment that would change what Banter trusts: a logged
+/// process starts without them, and gets only those its test gives.
+const PLATFORM_VARS: [&str; 3] = [
+    "WEBSITE_SITE_NAME",
+    "WEBSITE_INSTANCE_ID",
+    "BANTER_TRUSTED_PROXIES",
+];
 
 impl BanterProcess {
     pub async fn start(args: &[&str]) -> Result<Self> {
+        Self::spawn(args, &[], false).await
+    }
+
+    /// As [`Self::start`], with `env` set (and nothing of [`PLATFORM_VARS`] from the test's own
+    /// environment), keeping its log for [`Self::log`].
+    pub async fn start_logged(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn(args, env, true).await
+    }
+
+    async fn spawn(args: &[&str], env: &[(&str, &str)], logged: bool) -> Result<Self> {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter"));
+        command
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env_remove("REDIS_URL")
             .args(args)
             .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("start banter")?;
+            .kill_on_drop(true);
+        if logged {
+            for name in PLATFORM_VARS {
+                command.env_remove(name);
+            }
+            command
+                .envs(env.iter().copied())
+                .env("RUST_LOG", "info")
+                .stderr(std::process::Stdio::piped());
+        }
+        let mut child = command.spawn().context("start banter")?;
+        let log = match child.stderr.take() {
+            Some(stderr) => {
+                let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+                let sink = std::sync::Arc::clone(&log);
+                tokio::spawn(async move {
+                    let mut lines = tokio::io::BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
+                });
+                Some(log)
+            }
+            None => None,
+        };
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let url = tokio::time::timeout(Duration::from_secs(30), async {
@@ -568,7 +613,30 @@ impl BanterProcess {
         })
         .await
         .context("banter did not start")??;
-        Ok(Self { url, child })
+        Ok(Self { url, child, log })
+    }
+
+    /// Its log so far (empty unless started with [`Self::start_logged`]).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|log| log.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until its log satisfies `check`; fails with the log after [`WAIT`].
+    pub async fn wait_for_log(&self, what: &str, check: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if check(&log) {
+                return Ok(log);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the log never showed {what}:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn server(&self) -> TestServer {

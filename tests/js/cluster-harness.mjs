@@ -514,7 +514,9 @@ function replaceExactly(
 
 /**
  * The shipped config, rewritten only for a test run:
- * - the three placeholder instances (127.0.0.1:3001..3003) become `upstreamPorts`;
+ * - the three placeholder instances (127.0.0.1:3001..3003) become `upstreamPorts`; with a single
+ *   port, the other two lines are removed (one instance behind nginx: nginx never marks a lone
+ *   server down, so every request reaches it, refusals included);
  * - `listen 8080` becomes 127.0.0.1:`listenPort`;
  * - the access log and every temp directory go to `dir` (nothing under /var);
  * - `X-Upstream: $upstream_addr` is added to /socket.io/ responses, so a test can see which
@@ -523,16 +525,21 @@ function replaceExactly(
  * Everything else (hash, timeouts, headers, buffering) is the shipped text, unchanged.
  */
 export function rewriteNginxConf(text, { upstreamPorts, listenPort, dir, sticky = true }) {
-  if (upstreamPorts.length !== 3) throw new Error('rewriteNginxConf needs three upstream ports');
+  if (upstreamPorts.length !== 3 && upstreamPorts.length !== 1) {
+    throw new Error('rewriteNginxConf needs one or three upstream ports');
+  }
   let conf = text;
   let n = 0;
   conf = replaceExactly(
     conf,
     /^(\s*server\s+)127\.0\.0\.1:300[123]\b/gm,
-    (_, head) => `${head}127.0.0.1:${upstreamPorts[n++]}`,
+    (_, head) => `${head}127.0.0.1:${upstreamPorts[n++] ?? 'unused'}`,
     3,
     'placeholder instance lines "server 127.0.0.1:300N"',
   );
+  if (upstreamPorts.length === 1) {
+    conf = replaceExactly(conf, /^\s*server\s+127\.0\.0\.1:unused\b.*\n/gm, '', 2, 'the two unused instance lines');
+  }
   conf = replaceExactly(conf, /^(\s*listen\s+)8080;/m, `$1127.0.0.1:${listenPort};`, 1, '"listen 8080;"');
   conf = replaceExactly(conf, /^(\s*access_log\s+)\/\S+/m, `$1${dir}/access.log`, 1, 'an access_log with a path');
   conf = replaceExactly(
