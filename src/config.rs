@@ -68,7 +68,8 @@ pub struct Config {
     /// Bytes that may wait to be sent to one client. A client that falls further behind (a
     /// stalled network, a tab in the background that stopped reading) is disconnected, counted
     /// in banter_disconnects_total{reason="too slow"}, and catches up through `lastId` when it
-    /// reconnects. Broadcast data is shared, so this is not memory per client.
+    /// reconnects. Broadcast data is shared, so this is not memory per client. Raised, if need
+    /// be, to twice the largest history a joining client is sent.
     #[arg(long, env = "BANTER_MAX_BUFFERED_BYTES", default_value_t = 4 << 20)]
     pub max_buffered_bytes: usize,
 
@@ -308,6 +309,19 @@ impl Config {
         Duration::from_millis(self.ping_timeout_ms)
     }
 
+    /// The bound on bytes waiting for one client: `--max-buffered-bytes`, raised if need be to
+    /// hold what a joining client is sent at once, `login` and its ack (the same object): the
+    /// history at its largest (4 bytes a character), twice. A client reading as fast as it can is
+    /// then never taken for a slow one.
+    pub fn outbound_bound(&self) -> usize {
+        let login = self
+            .history_len
+            .saturating_mul(self.max_message_chars)
+            .saturating_mul(4)
+            .saturating_mul(2);
+        self.max_buffered_bytes.max(login)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -355,6 +369,19 @@ mod tests {
         assert!(Config::try_parse_from(["banter", "--trusted-proxies", "10.0.0.0/8,x"]).is_err());
         let c = Config::parse_from(["banter", "--connect-rate-per-ip=-1"]);
         assert!(c.validate().is_err());
+        let c = Config::parse_from(["banter", "--history-len", "1000"]);
+        c.validate().unwrap();
+        assert_eq!(
+            c.outbound_bound(),
+            1000 * 2000 * 4 * 2,
+            "raised to hold two logins"
+        );
+        let c = Config::parse_from(["banter"]);
+        assert_eq!(
+            c.outbound_bound(),
+            4 << 20,
+            "the default holds two logins already"
+        );
     }
 
     fn app_service() -> Platform {

@@ -185,7 +185,7 @@ fn engine_config(config: &Config) -> banter_engine::Config {
         polling: config.transports.contains(&Transport::Polling),
         websocket: config.transports.contains(&Transport::Websocket),
         connect_timeout: config.connect_timeout(),
-        max_buffered_bytes: config.max_buffered_bytes,
+        max_buffered_bytes: config.outbound_bound(),
         max_attachments: MAX_ATTACHMENTS,
         ..banter_engine::Config::default()
     }
