@@ -38,7 +38,8 @@ const MAX_ROUNDS: usize = 16;
 /// polling client's last GET to fetch the close packet.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a polling session the client closed waits for a GET already on its way.
+/// How long a polling session the client closed, or the server's shutdown, waits for a GET
+/// already on its way.
 const CLIENT_CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 fn now() -> Instant {
@@ -318,7 +319,11 @@ impl<F: LayerFactory> State<F> {
 
     fn deadline(&self) -> Instant {
         if let Some(closing) = &self.closing {
-            if closing.reason == CloseReason::TransportClose && closing.linger_until > now() {
+            if matches!(
+                closing.reason,
+                CloseReason::TransportClose | CloseReason::ServerShutdown
+            ) && closing.linger_until > now()
+            {
                 return closing.linger_until;
             }
             return closing.deadline;
@@ -744,12 +749,11 @@ impl<F: LayerFactory> State<F> {
         if self.session.transport() == Transport::Polling {
             match closing.reason {
                 // The client's next GET fetches the close packet, unless it is gone.
-                CloseReason::ForcedClose | CloseReason::ServerShutdown => {
-                    return self.session.outbox.is_empty();
-                }
-                // A GET on its way when the client closed gets its noop; not long after that
-                // nobody is coming.
-                CloseReason::TransportClose => {
+                CloseReason::ForcedClose => return self.session.outbox.is_empty(),
+                // A GET on its way gets the noop (the client closed) or the close packet (the
+                // server stops, and takes no new connections); not long after that nobody is
+                // coming.
+                CloseReason::TransportClose | CloseReason::ServerShutdown => {
                     return self.session.outbox.is_empty() || now() >= closing.linger_until;
                 }
                 _ => {}
