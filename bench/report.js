@@ -18,7 +18,7 @@ const rows = lines.map((l) => JSON.parse(l));
 const meta = fs.existsSync(path.join(dir, 'meta.txt')) ? fs.readFileSync(path.join(dir, 'meta.txt'), 'utf8') : '';
 
 const SERVERS = ['banter', 'node'];
-const NAMES = { banter: 'Banter', node: 'Node' };
+const NAMES = { banter: 'Banter', node: 'Node', floor: 'Floor' };
 // Fan-out targets (docs/performance.md).
 const P99_LIMIT_MS = 50;
 
@@ -36,7 +36,7 @@ function median(values) {
 // case -> server -> [result]
 const cases = new Map();
 for (const r of rows) {
-  if (!cases.has(r.case)) cases.set(r.case, { banter: [], node: [] });
+  if (!cases.has(r.case)) cases.set(r.case, { banter: [], node: [], floor: [] });
   const c = cases.get(r.case);
   (c[r.server] = c[r.server] || []).push({ ...r.result, server_warnings: r.server_warnings || 0 });
 }
@@ -124,8 +124,15 @@ function fanoutSection(transport) {
   out.push('| offered/s | server | delivered/s | p50 ms | p90 ms | p99 ms | max ms | missing (all runs) | server warnings (all runs) | server CPU µs/delivery | sustained | ok |');
   out.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const c of names) {
-    for (const s of SERVERS) {
+    for (const s of [...SERVERS, 'floor']) {
       if (!cases.get(c)[s] || cases.get(c)[s].length === 0) continue;
+      if (s === 'floor') {
+        out.push(
+          `| ${fmt(Number(c.split('-').pop()))} | Floor (one write() per delivery, no server) | ${fmt(med(c, s, 'delivered_per_s'))} | | | | | | | ` +
+            `${fmt(med(c, s, 'server_cpu_us_per_delivery'))} | | ${runsOk(c, s)} |`,
+        );
+        continue;
+      }
       out.push(
         `| ${fmt(Number(c.split('-').pop()))} | ${NAMES[s]} | ${fmt(med(c, s, 'delivered_per_s'))} | ${fmt(med(c, s, 'latency.p50_ms'))} | ` +
           `${fmt(med(c, s, 'latency.p90_ms'))} | ${fmt(med(c, s, 'latency.p99_ms'))} | ${fmt(med(c, s, 'latency.max_ms'))} | ` +
@@ -134,15 +141,17 @@ function fanoutSection(transport) {
     }
   }
   out.push('');
-  out.push('| offered/s | delivered/s ratio | p50 ratio | p99 ratio | CPU/delivery ratio |');
-  out.push('|---|---|---|---|---|');
+  out.push('| offered/s | delivered/s ratio | p50 ratio | p99 ratio | CPU/delivery ratio | Banter CPU / floor | Node CPU / floor |');
+  out.push('|---|---|---|---|---|---|---|');
   for (const c of names) {
-    if (med(c, 'banter', 'delivered_per_s') == null || med(c, 'node', 'delivered_per_s') == null) continue;
+    if (med(c, 'banter', 'delivered_per_s') == null && med(c, 'node', 'delivered_per_s') == null) continue;
+    const floorCpu = med(c, 'floor', 'server_cpu_us_per_delivery');
     out.push(
       `| ${fmt(Number(c.split('-').pop()))} | ${ratio(med(c, 'banter', 'delivered_per_s'), med(c, 'node', 'delivered_per_s'))} | ` +
         `${ratio(med(c, 'banter', 'latency.p50_ms'), med(c, 'node', 'latency.p50_ms'))} | ` +
         `${ratio(med(c, 'banter', 'latency.p99_ms'), med(c, 'node', 'latency.p99_ms'))} | ` +
-        `${ratio(med(c, 'banter', 'server_cpu_us_per_delivery'), med(c, 'node', 'server_cpu_us_per_delivery'))} |`,
+        `${ratio(med(c, 'banter', 'server_cpu_us_per_delivery'), med(c, 'node', 'server_cpu_us_per_delivery'))} | ` +
+        `${ratio(med(c, 'banter', 'server_cpu_us_per_delivery'), floorCpu)} | ${ratio(med(c, 'node', 'server_cpu_us_per_delivery'), floorCpu)} |`,
     );
   }
   out.push('');

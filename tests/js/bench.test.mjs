@@ -89,6 +89,13 @@ describe('bench/compare, at a small size', () => {
     }
     assert.match(report, /\| 130(\.00)? \| Banter \|/);
     assert.match(report, /\| 130(\.00)? \| Node \|/);
+    // The floor (no server): one write() per delivery to as many sockets as there are receivers.
+    const floor = rows.find((r) => r.server === 'floor' && r.case === 'fanout-websocket-130');
+    assert.ok(floor, 'the floor was measured at the fan-out load');
+    assert.equal(floor.rc, 0, `floor: ${JSON.stringify(floor.result)}`);
+    assert.equal(floor.result.sockets, 12);
+    assert.ok(floor.result.frames > 0 && floor.result.writer_cpu_s !== null, `floor: ${JSON.stringify(floor.result)}`);
+    assert.match(report, /\| 130(\.00)? \| Floor /);
     const svg = readFileSync(path.join(out, 'latency.svg'), 'utf8');
     assert.match(svg, /^<svg /);
     assert.ok((svg.match(/<path /g) ?? []).length >= 4, 'p50 and p99 lines for both servers');

@@ -8,6 +8,7 @@
 
 mod client;
 mod fleet;
+mod floor;
 mod proto;
 mod scenarios;
 mod stats;
@@ -89,6 +90,36 @@ enum Scenario {
         #[arg(long, default_value_t = 2000)]
         clients: usize,
     },
+    /// No server: the CPU a delivery costs at the least on this machine, one write() of a
+    /// message-sized WebSocket frame to each of N loopback sockets at the offered rate, read by
+    /// another process.
+    Floor {
+        #[arg(long, default_value_t = 1000)]
+        sockets: usize,
+        /// Deliveries per second, all sockets together.
+        #[arg(long, default_value_t = 25_000.0)]
+        rate: f64,
+        /// Seconds of writing.
+        #[arg(long, default_value_t = 8.0)]
+        duration: f64,
+        /// Frames per write (1: one write per delivery).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Bytes of each frame's payload (a fan-out message frame is about 108).
+        #[arg(long, default_value_t = 108)]
+        frame_bytes: usize,
+        /// Copied into the JSON result.
+        #[arg(long, default_value = "floor")]
+        label: String,
+    },
+    /// The reading side of `floor` (started by it).
+    #[command(hide = true)]
+    FloorReader {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        sockets: usize,
+    },
 }
 
 #[tokio::main]
@@ -118,6 +149,31 @@ async fn main() -> std::process::ExitCode {
             scenarios::fanout(common, &params).await
         }
         Scenario::Storm { common, clients } => scenarios::storm(common, *clients).await,
+        Scenario::Floor {
+            sockets,
+            rate,
+            duration,
+            batch,
+            frame_bytes,
+            label: _,
+        } => {
+            let params = floor::FloorParams {
+                sockets: *sockets,
+                rate: *rate,
+                duration: Duration::from_secs_f64(*duration),
+                batch: *batch,
+                frame_bytes: *frame_bytes,
+            };
+            tokio::task::block_in_place(|| floor::floor(&params))
+        }
+        Scenario::FloorReader { addr, sockets } => {
+            let (addr, sockets) = (addr.clone(), *sockets);
+            return match tokio::task::spawn_blocking(move || floor::read_side(&addr, sockets)).await
+            {
+                Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+                _ => std::process::ExitCode::FAILURE,
+            };
+        }
     };
     match outcome {
         Ok(outcome) => {
