@@ -270,6 +270,34 @@ async fn a_silent_connection_is_reported_left_after_the_grace_period() -> Result
     Ok(())
 }
 
+/// A polling client whose pending GET is aborted (a tab closed) is dropped at once: the others
+/// hear it left as soon as the grace period ends, not a heartbeat timeout later.
+#[tokio::test]
+async fn a_polling_client_that_aborts_its_get_is_dropped_at_once() -> Result<()> {
+    let server = TestServer::with_args(&["--reconnect-grace-ms", "300"]).await?;
+    let mut watcher = TestClient::connect(&server, TransportType::Websocket).await?;
+    watcher.join("watcher").await?;
+    let leaver = RawPolling::connect(&server, None).await?;
+    leaver.emit("add user", json!("leaver")).await?;
+    watcher.expect("user joined").await?;
+    leaver.poll().await?; // its login
+    // A GET that waits for data, dropped after a moment as a closing tab drops it.
+    let aborted = tokio::time::timeout(std::time::Duration::from_millis(200), leaver.poll()).await;
+    assert!(aborted.is_err(), "the GET was still waiting");
+    let started = std::time::Instant::now();
+    let left = watcher
+        .expect_within("user left", std::time::Duration::from_secs(3))
+        .await?;
+    assert_eq!(left, json!({"username": "leaver", "numUsers": 1}));
+    // The default heartbeat (25 s + 20 s) would have taken far longer.
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(
+        leaver.poll().await?,
+        r#"{"code":1,"message":"Session ID unknown"}"#
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_session_comes_back_without_left_or_joined() -> Result<()> {
     let server = TestServer::with_args(&["--reconnect-grace-ms", "5000"]).await?;
