@@ -434,6 +434,8 @@ impl Ws {
             socket.set_recv_buffer_size(size)?;
         }
         let stream = socket.connect(addr).await?;
+        // Frames go out as they are sent, as a browser's do, not held back by Nagle.
+        stream.set_nodelay(true)?;
         match tokio_tungstenite::client_async(url, stream).await {
             Ok((inner, _)) => Ok(Ok(Self {
                 inner,
