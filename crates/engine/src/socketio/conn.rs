@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 
 use super::namespace::Namespace;
-use super::socket::{CONNECTED, DISCONNECTING, DONE, Socket};
+use super::socket::{CONNECTED, CONNECTING, DISCONNECTING, DONE, Socket};
 use super::{Ack, BoxFuture, ConnectError, DisconnectReason, Event, Registry};
 use crate::engine::{Layer, LayerFactory, Message};
 use crate::outbox::Frame;
@@ -81,12 +81,17 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// The session's socket in `nsp` that events may reach.
+    /// The session's socket in `nsp` that events may reach: the connected one, or else one that
+    /// is disconnecting (its events sent before the DISCONNECT are still handled, before its
+    /// `disconnect`).
     fn socket(&self, nsp: &str) -> Option<&Socket> {
-        self.sockets
+        let mut of_nsp = self
+            .sockets
             .iter()
             .map(|e| &e.socket)
-            .find(|s| s.namespace() == nsp && matches!(s.state(), CONNECTED | DISCONNECTING))
+            .filter(|s| s.namespace() == nsp);
+        let connected = of_nsp.clone().find(|s| s.state() == CONNECTED);
+        connected.or_else(|| of_nsp.find(|s| s.state() == DISCONNECTING))
     }
 
     fn dispatch(&mut self, complete: Complete) -> Result<(), CloseReason> {
@@ -99,10 +104,10 @@ impl Conn {
                 // A second connect to a namespace the client is in breaks the protocol; Node's
                 // server closes the connection for it.
                 Some(_)
-                    if self
-                        .sockets
-                        .iter()
-                        .any(|e| e.socket.namespace() == nsp && e.socket.state() != DONE) =>
+                    if self.sockets.iter().any(|e| {
+                        e.socket.namespace() == nsp
+                            && matches!(e.socket.state(), CONNECTING | CONNECTED)
+                    }) =>
                 {
                     return Err(CloseReason::ParseError);
                 }
@@ -132,7 +137,7 @@ impl Conn {
             }),
             Inbound::Ack { nsp, id, args, .. } => {
                 if let (Some(socket), Some(id)) = (self.socket(&nsp), id) {
-                    socket.acknowledged(id, args);
+                    socket.acknowledged(id, super::AckReply { args, attachments });
                 }
             }
         }
@@ -302,13 +307,18 @@ fn connect_packet(nsp: &str, socket: &Socket) -> Frame {
     Frame::text(&text)
 }
 
-/// `44[/nsp,]{"message":"...","data":...}`.
+/// `44[/nsp,]{"message":"...","data":...}`, in Node's order.
 fn connect_error(nsp: &str, err: &ConnectError) -> Frame {
+    #[derive(serde::Serialize)]
+    struct Payload<'a> {
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a serde_json::Value>,
+    }
     let mut text = Vec::with_capacity(64);
-    let w = sio::Writer::start(&mut text, Kind::ConnectError, nsp, 0, None);
-    let _ = match &err.data {
-        Some(data) => w.json(&serde_json::json!({ "message": err.message, "data": data })),
-        None => w.json(&serde_json::json!({ "message": err.message })),
-    };
+    let _ = sio::Writer::start(&mut text, Kind::ConnectError, nsp, 0, None).json(&Payload {
+        message: &err.message,
+        data: err.data.as_ref(),
+    });
     Frame::text(&text)
 }

@@ -22,8 +22,13 @@ pub(crate) const CONNECTED: u8 = 1;
 pub(crate) const DISCONNECTING: u8 = 2;
 pub(crate) const DONE: u8 = 3;
 
-/// What a client answered to an event the server sent with an ack.
-pub type AckReply = Vec<Box<RawValue>>;
+/// What a client answered to an event the server sent with an ack: its arguments (binary ones as
+/// placeholders) and the binary attachments they point to.
+#[derive(Debug, Default)]
+pub struct AckReply {
+    pub args: Vec<Box<RawValue>>,
+    pub attachments: Vec<bytes::Bytes>,
+}
 
 /// Why an acknowledgement did not come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
