@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::engine::{Layer, LayerFactory, Message, Shared};
-use crate::outbox::{CLOSE, Frame, NOOP, PING, PROBE_ANSWER, Take};
+use crate::outbox::{CLOSE, Frame, NOOP, PING, PROBE_ANSWER};
 use crate::proto::eio;
 use crate::proto::heartbeat::{Beat, Heartbeat};
 use crate::proto::ws::{self, FrameReader, Incoming};
@@ -77,8 +78,9 @@ impl Ws {
     /// Reads what has arrived: the messages, and how the stream ended if it did. A violation of
     /// RFC 6455 queues the close frame that answers it and ends reading.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
-        let mut buf = [0u8; READ_CHUNK];
-        let mut read = ReadBuf::new(&mut buf);
+        // Not zeroed: a wake-up that finds nothing to read costs nothing here.
+        let mut buf = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = ReadBuf::uninit(&mut buf);
         match Pin::new(&mut self.io).poll_read(cx, &mut read) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(_)) => {
@@ -86,14 +88,14 @@ impl Ws {
                 Poll::Ready(Read::end(CloseReason::TransportError))
             }
             Poll::Ready(Ok(())) => {
-                let n = read.filled().len();
-                if n == 0 {
+                let filled = read.filled_mut();
+                if filled.is_empty() {
                     self.read_done = true;
                     return Poll::Ready(Read::end(CloseReason::TransportClose));
                 }
                 let mut messages = Vec::new();
                 let mut end = None;
-                if let Err(err) = self.reader.read(&mut buf[..n], &mut |m| messages.push(m)) {
+                if let Err(err) = self.reader.read(filled, &mut |m| messages.push(m)) {
                     tracing::debug!(%err, "closing a WebSocket that broke the protocol");
                     self.read_done = true;
                     self.queue.push_back((ws::close_frame(err.code), 0));
@@ -303,6 +305,8 @@ impl<F: LayerFactory> State<F> {
         busy |= self.probe(cx);
         busy |= self.feed();
         let layer_idle = self.layer.poll_work(cx).is_ready();
+        // Packets left for a layer that takes more again.
+        busy |= !self.inbox.is_empty() && self.layer.accepting();
         busy |= self.timers();
         busy |= self.write(cx);
         if was_closing
@@ -345,27 +349,26 @@ impl<F: LayerFactory> State<F> {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => c.driver = Some(cx.waker().clone()),
         }
-        let mut busy = false;
         if let Some(reason) = c.close.take() {
             drop(c);
             self.close(reason);
             return true;
         }
+        // What is taken here is handled later in this same round.
         if !c.inbox.is_empty() && self.inbox.is_empty() {
             self.inbox = std::mem::take(&mut c.inbox);
             if let Some(w) = c.post_waiter.take() {
                 w.wake();
             }
-            busy = true;
         }
-        if let Some(upgrade) = c.probe.take() {
-            if self.probe.is_none() && self.closing.is_none() {
-                let deadline = now() + self.shared.config.upgrade_timeout;
-                self.probe = Some((Probe::Upgrading(upgrade), deadline));
-            }
-            busy = true;
+        if let Some(upgrade) = c.probe.take()
+            && self.probe.is_none()
+            && self.closing.is_none()
+        {
+            let deadline = now() + self.shared.config.upgrade_timeout;
+            self.probe = Some((Probe::Upgrading(upgrade), deadline));
         }
-        busy
+        false
     }
 
     /// A session opened over WebSocket: waits for the connection, then sends the open packet.
@@ -467,7 +470,6 @@ impl<F: LayerFactory> State<F> {
             let Some(packet) = self.inbox.pop_front() else {
                 break;
             };
-            busy = true;
             if !matches!(packet, eio::Inbound::Pong(_)) && self.heartbeat.awaiting_pong() {
                 self.heartbeat.on_activity(now());
                 self.session.set_pong_due(self.heartbeat.pong_due());
@@ -489,6 +491,7 @@ impl<F: LayerFactory> State<F> {
             };
             if let Err(reason) = result {
                 self.close(reason);
+                busy = true;
             }
         }
         if self.inbox.is_empty()
@@ -605,10 +608,10 @@ impl<F: LayerFactory> State<F> {
         let mut busy = false;
         if self.closing.is_none() && now >= self.heartbeat.deadline() {
             match self.heartbeat.on_timer(now) {
+                // Written later in this same round.
                 Beat::Ping => {
                     let _ = self.session.send(PING);
                     self.session.set_pong_due(self.heartbeat.pong_due());
-                    busy = true;
                 }
                 Beat::TimedOut => {
                     self.close(CloseReason::PingTimeout);
@@ -633,15 +636,9 @@ impl<F: LayerFactory> State<F> {
             return false;
         };
         let outbox = &self.session.outbox;
-        let mut busy = false;
         loop {
-            if ws.queue.is_empty()
-                && !ws.closing
-                && !ws.broken
-                && let Poll::Ready(Take::Frames(frames)) = outbox.poll_take(cx)
-            {
-                ws.queue
-                    .extend(frames.into_iter().map(|f| (f.ws().clone(), f.cost())));
+            if ws.queue.is_empty() && !ws.closing && !ws.broken {
+                let _ = outbox.poll_drain_into(cx, &mut ws.queue);
             }
             if !ws.poll_write(cx, |cost| {
                 if cost > 0 {
@@ -650,13 +647,17 @@ impl<F: LayerFactory> State<F> {
             }) {
                 break;
             }
-            busy = true;
         }
+        if ws.queue.is_empty() && ws.queue.capacity() > crate::outbox::KEEP_CAPACITY {
+            ws.queue.shrink_to(crate::outbox::KEEP_CAPACITY);
+        }
+        // Everything written, or the connection full: either way the task is registered to
+        // be woken, and another round now would find nothing to do.
         if ws.broken && self.closing.is_none() {
             self.close(CloseReason::TransportError);
             return true;
         }
-        busy
+        false
     }
 
     /// Begins closing the session; `step` finishes it.

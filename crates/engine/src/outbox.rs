@@ -65,6 +65,11 @@ impl Frame {
         &self.ws
     }
 
+    /// The bytes to write on a WebSocket, taken.
+    pub(crate) fn into_ws(self) -> Bytes {
+        self.ws
+    }
+
     /// The packet without its WebSocket header: the text of a text packet, or the raw bytes of
     /// a binary message.
     pub(crate) fn payload(&self) -> &[u8] {
@@ -80,6 +85,9 @@ impl Frame {
         self.ws.len()
     }
 }
+
+/// Frames' worth of room a queue keeps after it was emptied.
+pub(crate) const KEEP_CAPACITY: usize = 16;
 
 /// Engine.IO's ping, framed.
 pub(crate) const PING: Frame = Frame::from_static(b"\x81\x012");
@@ -185,6 +193,36 @@ impl Outbox {
         }
         if s.closed {
             return Poll::Ready(Take::Closed);
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Moves every queued frame into `into` (a WebSocket's write queue), keeping both queues'
+    /// allocations for the next time; or registers the consumer's waker when there is none.
+    /// `Ready(false)` once closed with nothing left.
+    pub(crate) fn poll_drain_into(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<(Bytes, usize)>,
+    ) -> Poll<bool> {
+        let mut s = self.lock();
+        if !s.queue.is_empty() {
+            into.extend(s.queue.drain(..).map(|f| {
+                let cost = f.cost();
+                (f.into_ws(), cost)
+            }));
+            // A burst's worth of room is not kept by an idle client.
+            if s.queue.capacity() > KEEP_CAPACITY {
+                s.queue.shrink_to(KEEP_CAPACITY);
+            }
+            return Poll::Ready(true);
+        }
+        if s.closed {
+            return Poll::Ready(false);
         }
         match &mut s.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
