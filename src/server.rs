@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower_http::trace::TraceLayer;
 
-use crate::chat::{Announcer, History, LOBBY, MemoryHistory, MemoryPresence, Presence};
+use crate::chat::{Change, History, LOBBY, MemoryHistory, MemoryPresence, Presence};
 use crate::clients::{self, AddressLimits};
 use crate::cluster::{self, RedisAdapter, RedisStore};
 use crate::config::{Config, Transport};
@@ -49,11 +49,13 @@ pub async fn run(
     config.validate()?;
     crate::advice::at_startup(&config, listener.local_addr().ok());
     let io = SocketIo::new(engine_config(&config));
+    // Presence changes, in version order, from the store to the announcements.
+    let (changes_tx, changes) = mpsc::unbounded_channel::<Change>();
     match config.redis_url() {
         None => {
             let ctx = context(
                 &config,
-                Arc::new(MemoryPresence::default()),
+                Arc::new(MemoryPresence::publishing(changes_tx)),
                 Arc::new(MemoryHistory::new(config.history_len)),
             );
             let ns = io.namespace("/", Gateway::new(ctx.clone()));
@@ -65,7 +67,11 @@ pub async fn run(
             };
             serve_metrics(&config, &readiness).await?;
             let router = router(&config, io.clone(), readiness, &ctx.clients);
-            let background = tokio::spawn(reap_forever(ctx, ns, reap_interval(&config)));
+            let announce = gateway::announce_forever(changes, ns, config.announce_window());
+            let reap = reap_forever(ctx, reap_interval(&config));
+            let background = tokio::spawn(async move {
+                tokio::join!(announce, reap);
+            });
             serve(listener, &config, router, io, shutdown, background, None).await
         }
         Some(url) => {
@@ -100,6 +106,11 @@ pub async fn run(
                 .subscribe(&cluster::ops_channel(LOBBY), OPS_STREAM_BUFFER)
                 .await
                 .context("cannot subscribe to the broadcast channel")?;
+            let presence = redis
+                .pubsub
+                .subscribe(&cluster::presence_channel(LOBBY), OPS_STREAM_BUFFER)
+                .await
+                .context("cannot subscribe to the presence channel")?;
             io.set_adapter(Arc::new(RedisAdapter::start(
                 redis.pubsub.clone(),
                 cluster::ops_channel(LOBBY),
@@ -123,6 +134,9 @@ pub async fn run(
                 instance,
                 messages,
                 ops,
+                presence,
+                changes_tx,
+                changes,
             }));
             serve(
                 listener,
@@ -170,8 +184,6 @@ fn context(config: &Config, presence: Arc<dyn Presence>, history: Arc<dyn Histor
         }),
         message_order: Arc::new(tokio::sync::Mutex::new(())),
         clients: AddressLimits::new(config.address_bounds()),
-        announcer: Arc::new(Announcer::new(config.announce_window())),
-        announce_turn: Arc::new(tokio::sync::Mutex::new(())),
     }
 }
 
@@ -338,12 +350,12 @@ fn reap_interval(config: &Config) -> Duration {
 }
 
 /// Ends grace periods, for as long as the server runs.
-async fn reap_forever(ctx: ChatContext, ns: Arc<Namespace>, every: Duration) {
+async fn reap_forever(ctx: ChatContext, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        gateway::reap(&ctx, &ns).await;
+        gateway::reap(&ctx).await;
     }
 }
 
@@ -358,11 +370,14 @@ struct Cluster {
     instance: String,
     messages: mpsc::Receiver<Vec<u8>>,
     ops: mpsc::Receiver<Vec<u8>>,
+    presence: mpsc::Receiver<Vec<u8>>,
+    changes_tx: mpsc::UnboundedSender<Change>,
+    changes: mpsc::UnboundedReceiver<Change>,
 }
 
-/// An instance's duties in a cluster, for as long as it runs: deliver published messages in
-/// order, carry out other instances' broadcasts, heart-beat, end grace periods, and put its
-/// people back when Redis lost them.
+/// An instance's duties in a cluster, for as long as it runs: deliver published messages and
+/// presence changes in order, carry out other instances' broadcasts, heart-beat, end grace
+/// periods, and put its people back when Redis lost them.
 async fn cluster_forever(cluster: Cluster) {
     let Cluster {
         ctx,
@@ -374,7 +389,22 @@ async fn cluster_forever(cluster: Cluster) {
         instance,
         mut messages,
         mut ops,
+        mut presence,
+        changes_tx,
+        changes,
     } = cluster;
+    let announce = gateway::announce_forever(changes, Arc::clone(&ns), config.announce_window());
+    let presence = async move {
+        while let Some(payload) = presence.recv().await {
+            match cluster::parse_change(&payload) {
+                Some(change) => {
+                    let _ = changes_tx.send(change);
+                }
+                None => tracing::warn!("unreadable change on the presence channel"),
+            }
+        }
+        tracing::error!("the presence channel closed; announcements stop here");
+    };
     let deliver = {
         let ns = Arc::clone(&ns);
         async move {
@@ -404,7 +434,7 @@ async fn cluster_forever(cluster: Cluster) {
         let mut outages_seen = health.reconnects();
         loop {
             tokio::select! {
-                _ = reap_ticks.tick() => gateway::reap(&ctx, &ns).await,
+                _ = reap_ticks.tick() => gateway::reap(&ctx).await,
                 _ = beat_ticks.tick() => {
                     let unknown = store.heartbeat(LOBBY, config.instance_timeout_ms).await;
                     must_restore |= matches!(unknown, Ok(true));
@@ -418,7 +448,7 @@ async fn cluster_forever(cluster: Cluster) {
             }
         }
     };
-    tokio::join!(deliver, remote, duties);
+    tokio::join!(deliver, remote, presence, announce, duties);
 }
 
 /// Puts this instance's people back into Redis after it lost them. False when Redis failed

@@ -408,7 +408,7 @@ proptest! {
                     let left = block_on(presence.leave("r", conn)).expect("memory store");
                     if let Some(left) = left {
                         holders.remove(&name_key(&left.username));
-                        let (n, _) = block_on(presence.users("r")).expect("memory store");
+                        let n = block_on(presence.users("r")).expect("memory store").num_users;
                         prop_assert_eq!(left.num_users, n);
                     }
                 }
@@ -421,14 +421,15 @@ proptest! {
                     for l in &left {
                         holders.remove(&name_key(&l.username));
                     }
-                    let (n, _) = block_on(presence.users("r")).expect("memory store");
+                    let n = block_on(presence.users("r")).expect("memory store").num_users;
                     if let Some(last) = left.last() {
                         prop_assert_eq!(last.num_users, n);
                     }
                 }
                 PresenceOp::Leave(_) | PresenceOp::Suspend(..) => {}
             }
-            let (n, users) = block_on(presence.users("r")).expect("memory store");
+            let roster = block_on(presence.users("r")).expect("memory store");
+            let (n, users) = (roster.num_users, roster.users);
             check_users(&limits, n, &users)?;
         }
     }

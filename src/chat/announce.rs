@@ -33,8 +33,9 @@ pub struct Change {
     pub username: String,
     /// The count right after this change.
     pub num_users: usize,
-    /// The connection that joined: it learns of its own join from `login`, not from this.
-    pub sid: Option<String>,
+    /// The presence version of this change: every join and leave of a room gets a greater one
+    /// than the change before it, cluster-wide (see `Presence`).
+    pub version: u64,
 }
 
 /// Changes of one kind to announce in one event. The last is the latest.
@@ -42,9 +43,23 @@ pub struct Change {
 pub struct Batch {
     pub kind: ChangeKind,
     pub changes: Vec<Change>,
+    /// The count the event carries, and the presence version it is the count of: the latest
+    /// change's, or, for the last batch of a window, the window's latest change's (a change that
+    /// cancelled out still moved the count).
+    pub num_users: usize,
+    pub version: u64,
 }
 
 impl Batch {
+    fn of(change: Change) -> Self {
+        Self {
+            kind: change.kind,
+            num_users: change.num_users,
+            version: change.version,
+            changes: vec![change],
+        }
+    }
+
     pub fn latest(&self) -> &Change {
         // Never empty: built from at least one change.
         &self.changes[self.changes.len() - 1]
@@ -94,10 +109,7 @@ impl Announcer {
     }
 
     pub fn offer(&self, change: Change) -> Offer {
-        let batch = |change: Change| Batch {
-            kind: change.kind,
-            changes: vec![change],
-        };
+        let batch = Batch::of;
         if self.window.is_zero() {
             return Offer::Now(batch(change));
         }
@@ -124,6 +136,10 @@ impl Announcer {
             return Vec::new();
         }
         drop(state);
+        let newest = pending
+            .iter()
+            .max_by_key(|c| c.version)
+            .map(|c| (c.num_users, c.version));
         // Someone who left and came back within one window is, for everyone else, still there:
         // both changes go. (Announced, the leave would also reach their new connection, which
         // never receives its own join, and set its count one too low.)
@@ -145,12 +161,18 @@ impl Announcer {
         let mut batches: Vec<Batch> = Vec::new();
         for change in pending.into_iter().flatten() {
             match batches.last_mut() {
-                Some(batch) if batch.kind == change.kind => batch.changes.push(change),
-                _ => batches.push(Batch {
-                    kind: change.kind,
-                    changes: vec![change],
-                }),
+                Some(batch) if batch.kind == change.kind => {
+                    batch.num_users = change.num_users;
+                    batch.version = change.version;
+                    batch.changes.push(change);
+                }
+                _ => batches.push(Batch::of(change)),
             }
+        }
+        // The last event of the window leaves everyone with the window's final count.
+        if let (Some(last), Some((num_users, version))) = (batches.last_mut(), newest) {
+            last.num_users = num_users;
+            last.version = version;
         }
         batches
     }
@@ -161,11 +183,12 @@ mod tests {
     use super::*;
 
     fn change(kind: ChangeKind, name: &str, n: usize) -> Change {
+        static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Change {
             kind,
             username: name.to_owned(),
             num_users: n,
-            sid: None,
+            version: VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
         }
     }
 
@@ -197,7 +220,7 @@ mod tests {
                         .iter()
                         .map(|c| c.username.as_str())
                         .collect::<Vec<_>>(),
-                    b.latest().num_users,
+                    b.num_users,
                 )
             })
             .collect();
@@ -241,6 +264,9 @@ mod tests {
             .flat_map(|b| b.changes.iter().map(|c| (b.kind, c.username.as_str())))
             .collect();
         assert_eq!(names, vec![(ChangeKind::Joined, "y")]);
+        // y's event carries the count after xena came back, the window's last: 6, not 5.
+        assert_eq!(batches[0].num_users, 6);
+        assert!(batches[0].version > batches[0].latest().version);
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub use history::{
 };
 pub use limits::Limits;
 pub use presence::{
-    ConnId, JoinRequest, Joined, Left, MAX_VARIANTS, MemoryPresence, Presence, name_key,
-    new_session_token, sort_users, variant,
+    ChangeSink, ConnId, JoinRequest, Joined, Left, MAX_VARIANTS, MemoryPresence, Presence, Roster,
+    name_key, new_session_token, next_version, sort_users, variant,
 };
 pub use rate::TokenBucket;
 

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use super::{ChatError, ErrorCode, StoreFuture};
+use super::{Change, ChangeKind, ChatError, ErrorCode, StoreFuture};
 
 /// A connection's id, as the transport names it. Opaque to the domain.
 pub type ConnId = String;
@@ -28,13 +28,34 @@ pub struct Joined {
     pub replaced: Option<ConnId>,
     pub num_users: usize,
     pub users: Vec<String>,
+    /// The presence version `users` and `num_users` are the state of.
+    pub version: u64,
 }
 
-/// Someone who has left, to be announced.
+/// Someone who has left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Left {
     pub username: String,
     pub num_users: usize,
+    pub version: u64,
+}
+
+/// Who is in a room, as of a presence version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roster {
+    pub num_users: usize,
+    /// Sorted case-insensitively.
+    pub users: Vec<String>,
+    pub version: u64,
+}
+
+/// Where a presence store publishes its changes, in version order.
+pub type ChangeSink = tokio::sync::mpsc::UnboundedSender<Change>;
+
+/// The next presence version after `last`: greater than it, and derived from the clock
+/// (microseconds), so that versions keep growing across restarts of the store, as message ids do.
+pub fn next_version(last: u64, now_ms: u64) -> u64 {
+    (last + 1).max(now_ms.saturating_mul(1000))
 }
 
 /// A join request, already validated.
@@ -48,6 +69,11 @@ pub struct JoinRequest<'a> {
 }
 
 /// The presence store. One implementation per deployment, chosen at start-up.
+///
+/// Every join of a new person and every leave (on purpose, or at the end of a grace period) gets
+/// a presence version, greater than every earlier one of the room, and is published, in version
+/// order, to every instance (see `ChangeSink`): announcements come from there, so that each
+/// client can be sent counts in the order they happened.
 pub trait Presence: Send + Sync + 'static {
     fn join<'a>(&'a self, req: JoinRequest<'a>) -> StoreFuture<'a, Joined>;
     /// The connection left on purpose: remove its person now. `None` when the connection held
@@ -61,12 +87,12 @@ pub trait Presence: Send + Sync + 'static {
         conn: &'a str,
         expires_at_ms: u64,
     ) -> StoreFuture<'a, bool>;
-    /// Removes the people whose grace period ended by `now_ms` and returns them, to be announced
-    /// as left by the caller. Each person is returned to exactly one caller, however many
-    /// instances reap at once.
+    /// Removes the people whose grace period ended by `now_ms` and returns them (published as
+    /// left like any leave). Each person is removed by exactly one caller, however many instances
+    /// reap at once.
     fn reap<'a>(&'a self, room: &'a str, now_ms: u64) -> StoreFuture<'a, Vec<Left>>;
-    /// The number of people and their nicknames, sorted case-insensitively.
-    fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)>;
+    /// The number of people and their nicknames, and the version they are the state of.
+    fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, Roster>;
 }
 
 /// A fresh, unguessable session token: 128 random bits as hex.
@@ -100,10 +126,16 @@ pub const MAX_VARIANTS: u32 = 99;
 #[derive(Default)]
 pub struct MemoryPresence {
     rooms: Mutex<HashMap<String, RoomPresence>>,
+    /// Where changes are published; `None` publishes nothing.
+    changes: Option<ChangeSink>,
 }
 
 #[derive(Default)]
 struct RoomPresence {
+    /// The version of the latest change.
+    version: u64,
+    /// Changes made by the operation in progress, to publish.
+    made: Vec<Change>,
     /// People by `name_key`, kept in that order: the users list of every `login` is then a walk,
     /// not a sort (keys are unique, so the order is `sort_users`'s).
     people: BTreeMap<String, Person>,
@@ -164,15 +196,17 @@ impl RoomPresence {
                 expires_at_ms: 0,
             },
         );
-        let (num_users, users) = self.users();
+        self.changed(ChangeKind::Joined, &username);
+        let roster = self.users();
         Ok(Joined {
             renamed_from: (username != req.nickname).then(|| req.nickname.to_owned()),
             username,
             session,
             resumed: false,
             replaced: None,
-            num_users,
-            users,
+            num_users: roster.num_users,
+            users: roster.users,
+            version: roster.version,
         })
     }
 
@@ -192,16 +226,28 @@ impl RoomPresence {
             self.conns.remove(old);
         }
         self.conns.insert(conn, key.to_owned());
-        let (num_users, users) = self.users();
+        let roster = self.users();
         Joined {
             username,
             renamed_from: None,
             session,
             resumed: true,
             replaced,
-            num_users,
-            users,
+            num_users: roster.num_users,
+            users: roster.users,
+            version: roster.version,
         }
+    }
+
+    /// Records a change of the count under a new version.
+    fn changed(&mut self, kind: ChangeKind, username: &str) {
+        self.version = next_version(self.version, super::now_millis());
+        self.made.push(Change {
+            kind,
+            username: username.to_owned(),
+            num_users: self.people.len(),
+            version: self.version,
+        });
     }
 
     fn remove(&mut self, key: &str) -> Option<Left> {
@@ -210,23 +256,46 @@ impl RoomPresence {
         if let Some(conn) = &person.conn {
             self.conns.remove(conn);
         }
+        self.changed(ChangeKind::Left, &person.username);
         Some(Left {
             username: person.username,
             num_users: self.people.len(),
+            version: self.version,
         })
     }
 
-    fn users(&self) -> (usize, Vec<String>) {
+    fn users(&self) -> Roster {
         let users: Vec<String> = self.people.values().map(|p| p.username.clone()).collect();
-        (users.len(), users)
+        Roster {
+            num_users: users.len(),
+            users,
+            version: self.version,
+        }
     }
 }
 
 impl MemoryPresence {
+    /// A store that publishes its changes to `changes`.
+    pub fn publishing(changes: ChangeSink) -> Self {
+        Self {
+            rooms: Mutex::default(),
+            changes: Some(changes),
+        }
+    }
+
     fn with_room<T>(&self, room: &str, f: impl FnOnce(&mut RoomPresence) -> T) -> T {
         // See `MemoryHistory::with_room` on poisoning.
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        f(rooms.entry(room.to_owned()).or_default())
+        let r = rooms.entry(room.to_owned()).or_default();
+        let result = f(r);
+        // Published under the lock: in version order.
+        for change in r.made.drain(..) {
+            if let Some(sink) = &self.changes {
+                // Nobody listens once the server has stopped; nothing to do then.
+                let _ = sink.send(change);
+            }
+        }
+        result
     }
 }
 
@@ -278,7 +347,7 @@ impl Presence for MemoryPresence {
         Box::pin(async move { Ok(left) })
     }
 
-    fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)> {
+    fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, Roster> {
         let users = self.with_room(room, |r| r.users());
         Box::pin(async move { Ok(users) })
     }
@@ -346,7 +415,7 @@ mod tests {
         let a = p.join(req("alice", "c1", None)).await.unwrap();
         assert!(p.suspend("r", "c1", 1_000).await.unwrap());
         // Still counted while suspended.
-        assert_eq!(p.users("r").await.unwrap().0, 1);
+        assert_eq!(p.users("r").await.unwrap().num_users, 1);
         let back = p
             .join(req("whatever", "c2", Some(&a.session)))
             .await
@@ -375,11 +444,10 @@ mod tests {
         assert!(p.reap("r", 999).await.unwrap().is_empty());
         let left = p.reap("r", 1_000).await.unwrap();
         assert_eq!(
-            left,
-            vec![Left {
-                username: "alice".into(),
-                num_users: 1
-            }]
+            left.iter()
+                .map(|l| (l.username.as_str(), l.num_users))
+                .collect::<Vec<_>>(),
+            vec![("alice", 1)]
         );
         assert!(p.reap("r", 2_000).await.unwrap().is_empty());
         // The name is free again.
@@ -396,7 +464,7 @@ mod tests {
         assert_eq!(back.num_users, 1);
         // The ghost's later disconnect reports nothing.
         assert_eq!(p.leave("r", "c1").await.unwrap(), None);
-        assert_eq!(p.users("r").await.unwrap().0, 1);
+        assert_eq!(p.users("r").await.unwrap().num_users, 1);
     }
 
     #[tokio::test]
@@ -406,5 +474,34 @@ mod tests {
         let other = p.join(req("alice", "c2", Some("forged"))).await.unwrap();
         assert_eq!(other.username, "alice (2)");
         assert!(!other.resumed);
+    }
+
+    #[tokio::test]
+    async fn every_change_of_the_count_gets_a_greater_version_and_is_published_in_order() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let p = MemoryPresence::publishing(tx);
+        let a = p.join(req("alice", "c1", None)).await.unwrap();
+        let b = p.join(req("bob", "c2", None)).await.unwrap();
+        assert!(b.version > a.version);
+        // A return within the grace period is no change: same version, nothing published.
+        assert!(p.suspend("r", "c1", 1_000).await.unwrap());
+        let back = p.join(req("alice", "c3", None)).await.unwrap();
+        assert!(back.resumed);
+        assert_eq!(back.version, b.version);
+        let left = p.leave("r", "c2").await.unwrap().unwrap();
+        assert!(left.version > b.version);
+        let roster = p.users("r").await.unwrap();
+        assert_eq!((roster.num_users, roster.version), (1, left.version));
+        let published: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| (c.kind, c.username, c.num_users, c.version))
+            .collect();
+        assert_eq!(
+            published,
+            vec![
+                (ChangeKind::Joined, "alice".to_owned(), 1, a.version),
+                (ChangeKind::Joined, "bob".to_owned(), 2, b.version),
+                (ChangeKind::Left, "bob".to_owned(), 1, left.version),
+            ]
+        );
     }
 }

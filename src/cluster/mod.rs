@@ -24,7 +24,10 @@ use redis::{IntoConnectionInfo, ProtocolVersion};
 
 pub use conn::RedisConn;
 pub use pubsub::{PubSub, RedisAdapter, parse_op};
-pub use store::{Published, RedisStore, messages_channel, ops_channel, parse_published};
+pub use store::{
+    Published, RedisStore, messages_channel, ops_channel, parse_change, parse_published,
+    presence_channel,
+};
 
 /// How long one Redis command may take before it counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);

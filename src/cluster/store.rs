@@ -13,9 +13,9 @@ use serde::Deserialize;
 use super::RedisHealth;
 use super::conn::RedisConn;
 use crate::chat::{
-    Appended, ChatError, History, HistoryPage, JoinRequest, Joined, Left, MAX_VARIANTS, Presence,
-    StoreFuture, StoredMessage, name_key, new_session_token, next_id, now_millis, select_page,
-    sort_users, variant,
+    Appended, Change, ChangeKind, ChatError, History, HistoryPage, JoinRequest, Joined, Left,
+    MAX_VARIANTS, Presence, Roster, StoreFuture, StoredMessage, name_key, new_session_token,
+    next_id, now_millis, select_page, sort_users, variant,
 };
 
 /// The prefix of every key and channel Banter uses.
@@ -50,6 +50,7 @@ struct RoomKeys {
     conns: String,
     expiry: String,
     instances: String,
+    presence: String,
     history: String,
     meta: String,
 }
@@ -62,6 +63,7 @@ fn keys(room: &str) -> RoomKeys {
         conns: k("conns"),
         expiry: k("expiry"),
         instances: k("instances"),
+        presence: k("presence"),
         history: k("history"),
         meta: k("meta"),
     }
@@ -70,6 +72,43 @@ fn keys(room: &str) -> RoomKeys {
 /// The pub/sub channel on which a room's messages go out, in id order.
 pub fn messages_channel(room: &str) -> String {
     format!("{PREFIX}:{{{room}}}:messages")
+}
+
+/// The pub/sub channel on which a room's presence changes (joins and leaves, with their
+/// versions) go out, in version order.
+pub fn presence_channel(room: &str) -> String {
+    format!("{PREFIX}:{{{room}}}:presence")
+}
+
+/// A presence change as the scripts publish it.
+#[derive(Deserialize)]
+struct ChangeReply {
+    k: String,
+    u: String,
+    n: usize,
+    v: String,
+}
+
+impl ChangeReply {
+    fn into_change(self) -> Option<Change> {
+        Some(Change {
+            kind: match self.k.as_str() {
+                "j" => ChangeKind::Joined,
+                "l" => ChangeKind::Left,
+                _ => return None,
+            },
+            username: self.u,
+            num_users: self.n,
+            version: self.v.parse().ok()?,
+        })
+    }
+}
+
+/// Parses a payload of the presence channel.
+pub fn parse_change(payload: &[u8]) -> Option<Change> {
+    serde_json::from_slice::<ChangeReply>(payload)
+        .ok()?
+        .into_change()
 }
 
 /// The pub/sub channel of the engine's broadcasts (announcements, typing, replaced sockets) for
@@ -86,12 +125,7 @@ struct JoinReply {
     s: String,
     r: String,
     n: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct LeftReply {
-    u: String,
-    n: usize,
+    v: String,
 }
 
 /// A message as published on the messages channel: who sent it (so that its instance does not
@@ -226,7 +260,8 @@ impl RedisStore {
             .key(&k.sessions)
             .key(&k.conns)
             .key(&k.expiry)
-            .key(&k.instances);
+            .key(&k.instances)
+            .key(&k.presence);
         for arg in args {
             invocation.arg(*arg);
         }
@@ -298,8 +333,17 @@ impl Presence for RedisStore {
             candidates
                 .extend((2..=MAX_VARIANTS).map(|n| variant(req.nickname, n, req.max_name_chars)));
             let candidate_keys: Vec<String> = candidates.iter().map(|c| name_key(c)).collect();
-            let mut args: Vec<&str> =
-                vec![req.conn, &self.instance, req.session.unwrap_or(""), &fresh];
+            let now = now_millis().to_string();
+            let channel = presence_channel(req.room);
+            let mut args: Vec<&str> = vec![
+                req.conn,
+                &self.instance,
+                req.session.unwrap_or(""),
+                &fresh,
+                &now,
+                &channel,
+                self.conn.publish_command(),
+            ];
             for (name, key) in candidates.iter().zip(&candidate_keys) {
                 args.push(name);
                 args.push(key);
@@ -319,7 +363,9 @@ impl Presence for RedisStore {
             }
             let mut users = reply.n;
             sort_users(&mut users);
+            let version = reply.v.parse().map_err(|_| ChatError::unavailable())?;
             Ok(Joined {
+                version,
                 renamed_from: (reply.k == 0 && reply.u != req.nickname)
                     .then(|| req.nickname.to_owned()),
                 username: reply.u,
@@ -334,12 +380,18 @@ impl Presence for RedisStore {
 
     fn leave<'a>(&'a self, room: &'a str, conn: &'a str) -> StoreFuture<'a, Option<Left>> {
         Box::pin(async move {
-            let reply: Option<(String, usize)> = self
-                .presence_script("leave", &self.scripts.leave, room, &[conn])
+            let now = now_millis().to_string();
+            let channel = presence_channel(room);
+            let args = [conn, now.as_str(), &channel, self.conn.publish_command()];
+            let reply: Option<(String, usize, String)> = self
+                .presence_script("leave", &self.scripts.leave, room, &args)
                 .await?;
-            Ok(reply.map(|(username, num_users)| Left {
-                username,
-                num_users,
+            Ok(reply.and_then(|(username, num_users, version)| {
+                Some(Left {
+                    username,
+                    num_users,
+                    version: version.parse().ok()?,
+                })
             }))
         })
     }
@@ -362,31 +414,42 @@ impl Presence for RedisStore {
     fn reap<'a>(&'a self, room: &'a str, now_ms: u64) -> StoreFuture<'a, Vec<Left>> {
         Box::pin(async move {
             let (now, grace) = (now_ms.to_string(), self.grace_ms.to_string());
+            let channel = presence_channel(room);
+            let args = [&now, &grace, &channel, self.conn.publish_command()];
             let raw: String = self
-                .presence_script("reap", &self.scripts.reap, room, &[&now, &grace])
+                .presence_script("reap", &self.scripts.reap, room, &args)
                 .await?;
-            let left: Vec<LeftReply> = serde_json::from_str(&raw).map_err(|err| {
+            let left: Vec<ChangeReply> = serde_json::from_str(&raw).map_err(|err| {
                 tracing::error!(%err, "unexpected reply from reap.lua");
                 ChatError::unavailable()
             })?;
             Ok(left
                 .into_iter()
-                .map(|l| Left {
-                    username: l.u,
-                    num_users: l.n,
+                .filter_map(ChangeReply::into_change)
+                .map(|c| Left {
+                    username: c.username,
+                    num_users: c.num_users,
+                    version: c.version,
                 })
                 .collect())
         })
     }
 
-    fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, (usize, Vec<String>)> {
+    fn users<'a>(&'a self, room: &'a str) -> StoreFuture<'a, Roster> {
         Box::pin(async move {
             self.ensure_up()?;
-            let result: redis::RedisResult<Vec<String>> = redis::cmd("HVALS")
-                .arg(keys(room).people)
+            let k = keys(room);
+            // One transaction: the names and the version they are the state of.
+            let result: redis::RedisResult<(Vec<String>, Option<String>)> = redis::pipe()
+                .atomic()
+                .cmd("HVALS")
+                .arg(&k.people)
+                .cmd("HGET")
+                .arg(&k.presence)
+                .arg("v")
                 .query_async(&mut self.conn.clone())
                 .await;
-            let raw = self.checked("users", result)?;
+            let (raw, version) = self.checked("users", result)?;
             #[derive(Deserialize)]
             struct Person {
                 u: String,
@@ -397,7 +460,11 @@ impl Presence for RedisStore {
                 .map(|p| p.u)
                 .collect();
             sort_users(&mut users);
-            Ok((users.len(), users))
+            Ok(Roster {
+                num_users: users.len(),
+                users,
+                version: version.and_then(|v| v.parse().ok()).unwrap_or(0),
+            })
         })
     }
 }

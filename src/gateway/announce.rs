@@ -1,77 +1,61 @@
-//! Sending `user joined` / `user left`: one by one at a human pace, gathered per window during
-//! storms (`chat::Announcer` decides which), always in the order presence reported them.
+//! `user joined` / `user left`: presence changes, as the store publishes them (in version order,
+//! to every instance), announced to this instance's people: one by one at a human pace, gathered
+//! per window during storms (`chat::Announcer` decides which).
+//!
+//! Each connection is sent only counts newer than the one it holds (`Conn::announce`): whatever
+//! the timing across instances, the last count a page shows is the newest. A joining connection
+//! holds what comes while it joins and gets it after its `login`, if it is newer than the state
+//! the `login` carries; its own join is never announced to it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use banter_engine::socketio::{Namespace, Socket};
+use banter_engine::socketio::Namespace;
+use tokio::sync::mpsc;
 
-use super::ChatContext;
-use crate::chat::{Batch, Change, ChangeKind, ChatError, ErrorCode, Joined, LOBBY, Left, Offer};
+use super::conn::Conn;
+use crate::chat::{Announcer, Batch, Change, ChangeKind, ChatError, ErrorCode, Offer};
 use crate::protocol::{MAX_ANNOUNCED_NAMES, UserChange, outbound};
 
-pub(super) async fn announce_join(ctx: &ChatContext, socket: &Socket, joined: &Joined) {
-    if joined.resumed {
-        return;
-    }
-    let change = Change {
-        kind: ChangeKind::Joined,
-        username: joined.username.clone(),
-        num_users: joined.num_users,
-        sid: Some(socket.id().to_string()),
-    };
-    announce(ctx, socket.ns(), change).await;
-}
-
-pub(super) async fn announce_left(ctx: &ChatContext, ns: &Arc<Namespace>, left: &Left) {
-    tracing::info!(users = left.num_users, "user left");
-    let change = Change {
-        kind: ChangeKind::Left,
-        username: left.username.clone(),
-        num_users: left.num_users,
-        sid: None,
-    };
-    announce(ctx, ns, change).await;
-}
-
-/// Announces a join or leave now, or, during a storm, with the others of its window.
-async fn announce(ctx: &ChatContext, ns: &Arc<Namespace>, change: Change) {
-    // One announcement at a time, in the order they were offered (tokio's mutex is fair): the
-    // handlers of different connections run as concurrent tasks, and two sends racing each
-    // other could deliver an older count after a newer one, which would then stay on pages.
-    let _turn = ctx.announce_turn.lock().await;
-    match ctx.announcer.offer(change) {
-        Offer::Queued => {}
-        Offer::Now(batch) => send_announcement(ns, &batch, &[]),
-        Offer::OpensWindow => {
-            let ctx = ctx.clone();
-            let ns = Arc::clone(ns);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ctx.announcer.window()).await;
-                    let _turn = ctx.announce_turn.lock().await;
-                    let batches = ctx.announcer.flush();
-                    if batches.is_empty() {
-                        break;
+/// Announces the changes that arrive on `changes`, for as long as the server runs.
+pub async fn announce_forever(
+    mut changes: mpsc::UnboundedReceiver<Change>,
+    ns: Arc<Namespace>,
+    window: Duration,
+) {
+    let announcer = Announcer::new(window);
+    // When the window in progress ends, if one is.
+    let mut window_ends: Option<tokio::time::Instant> = None;
+    loop {
+        let change = match window_ends {
+            None => changes.recv().await,
+            Some(at) => tokio::select! {
+                change = changes.recv() => change,
+                () = tokio::time::sleep_until(at) => {
+                    let batches = announcer.flush();
+                    window_ends = (!batches.is_empty()).then(|| at + announcer.window());
+                    for batch in &batches {
+                        deliver(&ns, batch);
                     }
-                    // Whoever joined in a later batch of this window has every earlier change
-                    // in their `login` already: the earlier events, with older counts, would
-                    // only set their count back.
-                    for (i, batch) in batches.iter().enumerate() {
-                        let later_joiners: Vec<&str> = batches[i + 1..]
-                            .iter()
-                            .flat_map(|b| b.changes.iter())
-                            .filter_map(|c| c.sid.as_deref())
-                            .collect();
-                        send_announcement(&ns, batch, &later_joiners);
-                    }
+                    continue;
                 }
-            });
+            },
+        };
+        let Some(change) = change else {
+            return;
+        };
+        match announcer.offer(change) {
+            Offer::Now(batch) => deliver(&ns, &batch),
+            Offer::OpensWindow => {
+                window_ends = Some(tokio::time::Instant::now() + announcer.window());
+            }
+            Offer::Queued => {}
         }
     }
 }
 
-/// Sends one announcement to the lobby, except to the person it names and to `also_except`.
-fn send_announcement(ns: &Arc<Namespace>, batch: &Batch, also_except: &[&str]) {
+/// Sends one announcement to every connection of this instance that it concerns.
+fn deliver(ns: &Arc<Namespace>, batch: &Batch) {
     let latest = batch.latest();
     let coalesced = batch.changes.len() > 1;
     let names = coalesced.then(|| {
@@ -83,7 +67,7 @@ fn send_announcement(ns: &Arc<Namespace>, batch: &Batch, also_except: &[&str]) {
     });
     let payload = UserChange {
         username: &latest.username,
-        num_users: latest.num_users,
+        num_users: batch.num_users,
         count: coalesced.then_some(batch.changes.len()),
         usernames: names,
     };
@@ -91,19 +75,19 @@ fn send_announcement(ns: &Arc<Namespace>, batch: &Batch, also_except: &[&str]) {
         ChangeKind::Joined => outbound::USER_JOINED,
         ChangeKind::Left => outbound::USER_LEFT,
     };
-    // The named joiner learnt of its own join from `login`; the others in a coalesced event
-    // joined before it and need to hear of it (and of each other).
-    let mut to = ns.broadcast().to(LOBBY);
-    for sid in latest
-        .sid
-        .as_deref()
-        .into_iter()
-        .chain(also_except.iter().copied())
-    {
-        to = to.except(sid);
-    }
-    if let Err(err) = to.emit(event, &payload) {
-        tracing::warn!(event, %err, "announcement failed");
+    let packet = match ns.prepare(event, &payload) {
+        Ok(packet) => packet,
+        Err(err) => {
+            tracing::warn!(event, %err, "announcement failed");
+            return;
+        }
+    };
+    for socket in ns.sockets() {
+        if let Some(conn) = socket.data::<Arc<Conn>>()
+            && conn.in_chat()
+        {
+            conn.announce(&socket, batch.version, &packet);
+        }
     }
 }
 

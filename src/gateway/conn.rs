@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use banter_engine::socketio::{Packet, Socket};
+
 use crate::chat::TokenBucket;
 use crate::clients::OpenSlot;
 use crate::metrics;
@@ -16,6 +18,9 @@ pub(super) struct Conn {
     member: Mutex<Membership>,
     pub messages: Mutex<TokenBucket>,
     typing: Mutex<TokenBucket>,
+    /// The presence version of the last count this connection was sent, and the announcements
+    /// held while it joins.
+    count: Mutex<Count>,
     /// This connection's place in its client address's count of open connections; released
     /// when the socket is dropped.
     _slot: Option<OpenSlot>,
@@ -36,6 +41,17 @@ pub(super) struct Member {
     pub username: Arc<str>,
     pub session: Arc<str>,
     pub typing: bool,
+}
+
+/// What a connection has been told of the count.
+#[derive(Default)]
+struct Count {
+    /// The presence version of the count it holds: announcements of older versions would set
+    /// it back, and are not sent.
+    version: u64,
+    /// While it joins: the announcements that came meanwhile, sent after its `login` if they
+    /// are newer than the state the `login` carries.
+    held: Option<Vec<(u64, Packet)>>,
 }
 
 /// The rates a connection is held to.
@@ -61,8 +77,34 @@ impl Conn {
                 rates.typing_rate,
                 (rates.typing_rate * 2.0).ceil() as u32,
             )),
+            count: Mutex::new(Count::default()),
             _slot: slot,
         }
+    }
+
+    fn count(&self) -> MutexGuard<'_, Count> {
+        self.count.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An announcement of presence `version` for this connection's socket: sent when the
+    /// connection is in the chat and holds an older count, held while it joins, else dropped.
+    /// Sent under the lock, so that two announcements reach the socket in version order.
+    pub fn announce(&self, socket: &Socket, version: u64, packet: &Packet) {
+        let mut count = self.count();
+        if let Some(held) = &mut count.held {
+            held.push((version, packet.clone()));
+            return;
+        }
+        if version > count.version && self.member().is_some() {
+            count.version = version;
+            let _ = socket.send_packet(packet);
+        }
+    }
+
+    /// The connection was sent the count of presence `version` (a `login`, a users list).
+    pub fn saw(&self, version: u64) {
+        let mut count = self.count();
+        count.version = count.version.max(version);
     }
 
     fn membership(&self) -> MutexGuard<'_, Membership> {
@@ -77,18 +119,45 @@ impl Conn {
         }
     }
 
-    /// Marks the connection as joining; false when it has already joined or is joining.
+    /// Marks the connection as joining; false when it has already joined or is joining. From
+    /// now until `finish_join`, announcements are held.
     pub fn begin_join(&self) -> bool {
-        let mut m = self.membership();
-        if !matches!(*m, Membership::Anonymous) {
-            return false;
+        {
+            let mut m = self.membership();
+            if !matches!(*m, Membership::Anonymous) {
+                return false;
+            }
+            *m = Membership::Joining;
         }
-        *m = Membership::Joining;
+        // Locks are taken count first, membership second, everywhere both are held. Whatever
+        // is announced before this has a version older than the join's, which the `login` has.
+        self.count().held = Some(Vec::new());
         true
     }
 
-    pub fn finish_join(&self, member: Option<Member>) {
-        *self.membership() = member.map_or(Membership::Anonymous, Membership::Joined);
+    /// Ends a join: with the member and the presence version its `login` (already sent) carried,
+    /// the announcements held meanwhile that are newer than it are sent, in order; without, they
+    /// are dropped.
+    pub fn finish_join(&self, socket: &Socket, joined: Option<(Member, u64)>) {
+        let mut count = self.count();
+        let held = count.held.take().unwrap_or_default();
+        let Some((member, version)) = joined else {
+            *self.membership() = Membership::Anonymous;
+            return;
+        };
+        *self.membership() = Membership::Joined(member);
+        count.version = count.version.max(version);
+        for (v, packet) in held {
+            if v > count.version {
+                count.version = v;
+                let _ = socket.send_packet(&packet);
+            }
+        }
+    }
+
+    /// Whether announcements concern this connection: it is in the chat, or joining it.
+    pub fn in_chat(&self) -> bool {
+        !matches!(*self.membership(), Membership::Anonymous)
     }
 
     pub fn take_member(&self) -> Option<Member> {

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use banter_engine::Transport;
-use banter_engine::socketio::{Ack, ConnectError, DisconnectReason, Event, Namespace, Socket};
+use banter_engine::socketio::{Ack, ConnectError, DisconnectReason, Event, Socket};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::ChatContext;
-use super::announce::{announce_join, announce_left, replace_socket};
+use super::announce::replace_socket;
 use super::conn::{Conn, Member, Rates};
 use crate::chat::{ChatError, ErrorCode, JoinRequest, LOBBY, StoredMessage, now_millis};
 use crate::clients::Client;
@@ -125,7 +125,7 @@ pub(super) async fn event(ctx: ChatContext, socket: Socket, mut event: Event) {
         inbound::NEW_MESSAGE => new_message(&ctx, &socket, &conn, first_arg(&event), reply).await,
         inbound::TYPING => announce_typing(&socket, &conn, true),
         inbound::STOP_TYPING => announce_typing(&socket, &conn, false),
-        inbound::LIST_USERS => list_users(&ctx, &socket, reply).await,
+        inbound::LIST_USERS => list_users(&ctx, &socket, &conn, reply).await,
         other => {
             let shown: String = other.chars().take(MAX_ECHOED_EVENT_CHARS).collect();
             let err = ChatError::new(ErrorCode::UnknownEvent, format!("unknown event {shown:?}"));
@@ -151,27 +151,27 @@ async fn add_user(
         return;
     }
     match join(ctx, socket, conn, arg).await {
-        Ok((member, login)) => {
+        Ok((member, version, login)) => {
             METRICS.joined();
-            conn.finish_join(Some(member));
+            conn.finish_join(socket, Some((member, version)));
             reply.ok(&login);
         }
         Err(err) => {
-            conn.finish_join(None);
+            conn.finish_join(socket, None);
             reply.refuse(socket, &err);
         }
     }
 }
 
 /// Validates `add user`, registers the person, subscribes the socket to the room and sends
-/// `login`. Returns what the caller needs to finish: the member and the login payload (for the
-/// ack).
+/// `login`. Returns what the caller needs to finish: the member, the presence version the login
+/// carries, and the login payload (for the ack).
 async fn join(
     ctx: &ChatContext,
     socket: &Socket,
     conn: &Conn,
     arg: Option<Value>,
-) -> Result<(Member, Value), ChatError> {
+) -> Result<(Member, u64, Value), ChatError> {
     let request: AddUser = arg
         .and_then(|v| serde_json::from_value(v).ok())
         .ok_or_else(|| bad_request("add user takes a nickname or {username, lastId}"))?;
@@ -188,12 +188,8 @@ async fn join(
             max_name_chars: ctx.settings.limits.max_name_chars,
         })
         .await?;
-
-    // Announced at once, before anything else of the join: whoever joins after this person
-    // (on any instance) has them in their own `login`, and an announcement still on its way
-    // when they subscribe would reach them late, with the count of a moment before. Announcing
-    // first keeps that window as short as it can be.
-    announce_join(ctx, socket, &joined).await;
+    // The store has published the join (unless it was a return, which is no change): everyone
+    // else hears of it from there. What this connection hears of meanwhile waits for its login.
 
     // Subscribe before reading the history: a message sent in between then arrives twice (the
     // client drops the copy by id) rather than not at all.
@@ -236,7 +232,7 @@ async fn join(
         session: Arc::from(joined.session.as_str()),
         typing: false,
     };
-    Ok((member, login))
+    Ok((member, joined.version, login))
 }
 
 async fn new_message(
@@ -319,12 +315,16 @@ fn announce_typing(socket: &Socket, conn: &Conn, typing: bool) {
     broadcast_from(socket, member.room, event, &payload);
 }
 
-async fn list_users(ctx: &ChatContext, socket: &Socket, reply: Reply) {
+async fn list_users(ctx: &ChatContext, socket: &Socket, conn: &Conn, reply: Reply) {
     match ctx.presence.users(LOBBY).await {
-        Ok((num_users, users)) => reply.ok(&UserList {
-            num_users,
-            users: &users,
-        }),
+        Ok(roster) => {
+            // A page that shows this count is not set back by an older announcement after it.
+            conn.saw(roster.version);
+            reply.ok(&UserList {
+                num_users: roster.num_users,
+                users: &roster.users,
+            })
+        }
         Err(err) => reply.refuse(socket, &err),
     }
 }
@@ -358,8 +358,9 @@ pub(super) async fn disconnect(ctx: ChatContext, socket: Socket, reason: Disconn
     }
     let sid = socket.id().to_string();
     if reason.is_deliberate() {
+        // The store publishes the leave; announcements come from there.
         match ctx.presence.leave(member.room, &sid).await {
-            Ok(Some(left)) => announce_left(&ctx, socket.ns(), &left).await,
+            Ok(Some(left)) => tracing::info!(users = left.num_users, "user left"),
             Ok(None) => {}
             Err(err) => tracing::warn!(%err, "could not remove a user who left"),
         }
@@ -372,13 +373,13 @@ pub(super) async fn disconnect(ctx: ChatContext, socket: Socket, reason: Disconn
     }
 }
 
-/// Ends the grace periods that are over: the people who did not come back are announced as left.
-/// Run periodically by the server; safe to run on every instance at once.
-pub async fn reap(ctx: &ChatContext, ns: &Arc<Namespace>) {
+/// Ends the grace periods that are over: the store publishes the people who did not come back
+/// as left. Run periodically by the server; safe to run on every instance at once.
+pub async fn reap(ctx: &ChatContext) {
     match ctx.presence.reap(LOBBY, now_millis()).await {
         Ok(left) => {
             for person in &left {
-                announce_left(ctx, ns, person).await;
+                tracing::info!(users = person.num_users, "user left after the grace period");
             }
         }
         Err(err) => tracing::warn!(%err, "could not end grace periods"),

@@ -18,10 +18,11 @@ use std::time::Duration;
 use banter_engine::socketio::{BoxFuture, ConnectError, DisconnectReason, Event, Handler, Socket};
 use serde_json::value::RawValue;
 
+pub use announce::announce_forever;
 pub use delivery::{LocalMember, deliver_published, local_members};
 pub use handlers::reap;
 
-use crate::chat::{Announcer, History, Limits, Presence};
+use crate::chat::{History, Limits, Presence};
 use crate::clients::AddressLimits;
 
 /// Settings of the chat that handlers need.
@@ -48,10 +49,6 @@ pub struct ChatContext {
     pub message_order: Arc<tokio::sync::Mutex<()>>,
     /// The per-address bounds on connections.
     pub clients: Arc<AddressLimits>,
-    /// Coalesces `user joined` / `user left` during storms.
-    pub announcer: Arc<Announcer>,
-    /// Held while an announcement is offered and sent, so that they go out in order.
-    pub announce_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The chat's namespace handler.

@@ -1,8 +1,12 @@
 -- Ends grace periods, and drops the connections of instances that stopped heart-beating.
--- KEYS: 1 people, 2 sessions, 3 conns, 4 expiry, 5 instances (zset instance -> deadline)
--- ARGV: 1 now (ms), 2 grace period (ms)
--- Returns JSON [{u: username, n: people left after it}, ...]
+-- KEYS: 1 people, 2 sessions, 3 conns, 4 expiry, 5 instances (zset instance -> deadline),
+--       6 presence
+-- ARGV: 1 now (ms), 2 grace period (ms), 3 the presence channel, 4 the publish command
+-- Each person whose grace period ended leaves under the next presence version, published on the
+-- presence channel (see join.lua).
+-- Returns JSON [{u: username, n: people left after it, v: version}, ...]
 local now, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
+local version = tonumber(redis.call('HGET', KEYS[6], 'v') or '0')
 
 -- People held by a dead instance are treated as dropped at its deadline: they may reconnect to
 -- another instance within the grace period and keep their place.
@@ -33,7 +37,12 @@ for _, key in ipairs(expired) do
     if p.c == '' then
       redis.call('HDEL', KEYS[1], key)
       redis.call('HDEL', KEYS[2], p.s)
-      table.insert(left, {u = p.u, n = redis.call('HLEN', KEYS[1])})
+      version = math.max(version + 1, now * 1000)
+      local v = string.format('%.0f', version)
+      redis.call('HSET', KEYS[6], 'v', v)
+      local change = {k = 'l', u = p.u, n = redis.call('HLEN', KEYS[1]), v = v}
+      redis.call(ARGV[4], ARGV[3], cjson.encode(change))
+      table.insert(left, change)
     end
   end
 end

@@ -22,7 +22,7 @@ use http_body::Body;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub use namespace::{Broadcast, Namespace};
+pub use namespace::{Broadcast, Namespace, Packet};
 pub use socket::{AckError, AckReply, Socket};
 
 use crate::config::Config;

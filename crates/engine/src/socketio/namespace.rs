@@ -147,6 +147,16 @@ impl Namespace {
         Broadcast::new(Arc::clone(self))
     }
 
+    /// Encodes `event` with one argument once, for sending to sockets of this namespace one by
+    /// one ([`Socket::send_packet`]): when which socket gets it is the application's decision.
+    pub fn prepare<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        data: &T,
+    ) -> serde_json::Result<Packet> {
+        Ok(Packet(vec![encode_event(self.name(), event, data, None)?]))
+    }
+
     /// Calls `each` for every socket of this instance that the rooms select (every socket when
     /// there are none), but those in `except`. A room named by a socket's id selects that socket.
     /// Returns how many were called.
@@ -224,6 +234,10 @@ fn members_of<'m>(m: &'m Members, room: &str) -> Box<dyn Iterator<Item = &'m Soc
         ),
     }
 }
+
+/// An event encoded once, to be sent to any number of sockets of its namespace. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Packet(pub(crate) Vec<Frame>);
 
 /// Frames an event with one argument: `4` + `2[/nsp,][id]["event",data]`.
 pub(crate) fn encode_event<T: Serialize + ?Sized>(

@@ -150,6 +150,11 @@ impl Socket {
         self.send(std::slice::from_ref(&frame))
     }
 
+    /// Sends a packet prepared once for many sockets ([`Namespace::prepare`]).
+    pub fn send_packet(&self, packet: &super::Packet) -> Result<(), EmitError> {
+        self.send(&packet.0)
+    }
+
     /// Sends `event` with raw arguments and binary attachments (their placeholders are in the
     /// arguments already).
     pub fn emit_raw(
