@@ -23,9 +23,11 @@ import {
 import {
   describeWithSoftware,
   findProgram,
+  spawnTracked,
   startInstances,
   startRedis,
   stopAllProcesses,
+  waitUntil,
 } from './cluster-harness.mjs';
 
 const REDIS_SERVER = findProgram('redis-server', [], process.env.BANTER_REDIS_SERVER);
@@ -147,6 +149,62 @@ describeWithSoftware(
       const urls = instances.map((s) => s.url);
       await rounds(urls, { rounds: 8, joiners: 24 });
       await rounds(urls, { rounds: 2, joiners: 90 });
+    });
+
+    it('pages that drop, an instance that dies and a Redis restart that loses everything still leave every page with the true count', async () => {
+      const GRACE_MS = 1000;
+      const env = { ...ENV, BANTER_RECONNECT_GRACE_MS: GRACE_MS, BANTER_INSTANCE_TIMEOUT_MS: 1000 };
+      const redis = await startRedis(REDIS_SERVER);
+      const instances = await startInstances([env, env, env], redis.url, new Map());
+      const pages = [];
+      for (let i = 0; i < 18; i += 1) {
+        pages.push(await person(instances[i % 3].url, FLAVOUR_NAMES[i % FLAVOUR_NAMES.length]));
+      }
+      await joinAll(pages);
+      await quiet(pages);
+      await assertCountsRight(pages, 'all joined');
+
+      // Three pages lose their connection and do not come back: they leave after the grace
+      // period, announced by whichever instance ends it first.
+      const dropped = pages.filter((_, i) => i % 6 === 0);
+      for (const p of dropped) p.socket.io.engine.close();
+      let present = pages.filter((p) => !dropped.includes(p));
+      await sleep(GRACE_MS);
+      await quiet(present);
+      await assertCountsRight(present, 'after the grace period of those who dropped');
+
+      // An instance dies: its people leave once the others take it for dead and the grace
+      // period has passed.
+      const dead = instances[2];
+      dead.proc.kill('SIGKILL');
+      present = present.filter((p) => !p.socket.io.uri.startsWith(dead.url));
+      await sleep(1000 + GRACE_MS);
+      await quiet(present);
+      await assertCountsRight(present, 'after an instance died');
+
+      // Redis restarts with nothing: the instances put their people back, and the changes after
+      // it still reach every page in order, newer than what came before.
+      await redis.stop();
+      const again = spawnTracked('redis-server', REDIS_SERVER, ['--port', String(redis.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
+      await waitUntil('the instances are ready again', async () => {
+        for (const server of instances.slice(0, 2)) {
+          const res = await fetch(`${server.url}/readyz`).catch(() => null);
+          if (!res || res.status !== 200) return false;
+        }
+        return true;
+      });
+      await waitUntil('the instances put their people back', async () => {
+        return (await ack(present[0].socket, 'list users')).numUsers === present.length;
+      });
+      const fresh = [];
+      for (let i = 0; i < 6; i += 1) fresh.push(await person(instances[i % 2].url, FLAVOUR_NAMES[i % FLAVOUR_NAMES.length]));
+      const leaving = present.filter((_, i) => i % 4 === 0);
+      for (const p of leaving) p.socket.disconnect();
+      await joinAll(fresh);
+      present = [...present.filter((p) => !leaving.includes(p)), ...fresh];
+      await quiet(present);
+      await assertCountsRight(present, 'joins and leaves after a Redis restart');
+      await again.stop();
     });
   },
 );
