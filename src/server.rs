@@ -211,9 +211,23 @@ fn router(
     readiness: Readiness,
     limits: &Arc<AddressLimits>,
 ) -> Router {
-    let engine = any(move |request: Request| {
+    let engine = any(move |mut request: Request| {
         let io = io.clone();
-        async move { io.handle(request).await.map(Body::new) }
+        async move {
+            // The engine keeps a session's handshake extensions for the session's life: only
+            // what the chat reads stays (the client), with hyper's upgrade, which the engine
+            // takes. ConnectInfo, route parameters and the rest would cost every connection.
+            let extensions = request.extensions_mut();
+            let mut kept = axum::http::Extensions::new();
+            if let Some(client) = extensions.remove::<clients::Client>() {
+                kept.insert(client);
+            }
+            if let Some(upgrade) = extensions.remove::<hyper::upgrade::OnUpgrade>() {
+                kept.insert(upgrade);
+            }
+            *extensions = kept;
+            io.handle(request).await.map(Body::new)
+        }
     });
     let router = web::routes(readiness)
         .route("/socket.io", engine.clone())

@@ -195,10 +195,11 @@ struct State<F: LayerFactory> {
     session: Arc<Session>,
     layer: F::Layer,
     heartbeat: Heartbeat,
-    /// A session opened over WebSocket: the upgrade to wait for, and the open packet.
-    opening: Option<(OnUpgrade, Frame)>,
+    /// A session opened over WebSocket: the upgrade to wait for, and the open packet. (Boxed,
+    /// as `probe` is: a moment of a session's life should not cost every session its size.)
+    opening: Option<Box<(OnUpgrade, Frame)>>,
     ws: Option<Ws>,
-    probe: Option<(Probe, Instant)>,
+    probe: Option<Box<(Probe, Instant)>>,
     /// Packets read, waiting for the layer to take them.
     inbox: VecDeque<eio::Inbound>,
     /// The client ended the transport after the packets in `inbox`: the session closes for
@@ -237,7 +238,7 @@ impl<F: LayerFactory> Driver<F> {
                 session,
                 layer,
                 heartbeat,
-                opening,
+                opening: opening.map(Box::new),
                 ws: None,
                 probe: None,
                 inbox: VecDeque::new(),
@@ -336,8 +337,8 @@ impl<F: LayerFactory> State<F> {
         if let Some(layer) = self.layer.deadline() {
             at = at.min(layer);
         }
-        if let Some((_, probe)) = &self.probe {
-            at = at.min(*probe);
+        if let Some(probe) = &self.probe {
+            at = at.min(probe.1);
         }
         at
     }
@@ -366,23 +367,24 @@ impl<F: LayerFactory> State<F> {
             && self.closing.is_none()
         {
             let deadline = now() + self.shared.config.upgrade_timeout;
-            self.probe = Some((Probe::Upgrading(upgrade), deadline));
+            self.probe = Some(Box::new((Probe::Upgrading(upgrade), deadline)));
         }
         false
     }
 
     /// A session opened over WebSocket: waits for the connection, then sends the open packet.
     fn open(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some((upgrade, _)) = &mut self.opening else {
+        let Some(opening) = &mut self.opening else {
             return false;
         };
-        let result = match Pin::new(upgrade).poll(cx) {
+        let result = match Pin::new(&mut opening.0).poll(cx) {
             Poll::Pending => return false,
             Poll::Ready(result) => result,
         };
-        let Some((_, open)) = self.opening.take() else {
+        let Some(opening) = self.opening.take() else {
             return false;
         };
+        let (_, open) = *opening;
         match result {
             Ok(upgraded) => {
                 let mut ws = Ws::new(upgraded, self.shared.config.max_payload);
@@ -494,6 +496,10 @@ impl<F: LayerFactory> State<F> {
                 busy = true;
             }
         }
+        if self.inbox.is_empty() && self.inbox.capacity() > 0 {
+            // An idle session keeps no room for packets.
+            self.inbox = VecDeque::new();
+        }
         if self.inbox.is_empty()
             && let Some(reason) = self.end_after_inbox.take()
         {
@@ -505,9 +511,10 @@ impl<F: LayerFactory> State<F> {
 
     /// Drives an upgrade in progress.
     fn probe(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some((probe, deadline)) = &mut self.probe else {
+        let Some(boxed) = &mut self.probe else {
             return false;
         };
+        let (probe, deadline) = &mut **boxed;
         if now() >= *deadline {
             tracing::debug!(sid = %self.session.sid(), "upgrade timed out");
             self.drop_probe();
@@ -575,7 +582,10 @@ impl<F: LayerFactory> State<F> {
                 }
             }
         }
-        if upgrade && let Some((Probe::Open { ws, .. }, _)) = self.probe.take() {
+        if upgrade
+            && let Some(probe) = self.probe.take()
+            && let (Probe::Open { ws, .. }, _) = *probe
+        {
             self.ws = Some(ws);
             self.session.set_upgraded();
             // A GET still waiting is answered with a noop.
@@ -648,8 +658,9 @@ impl<F: LayerFactory> State<F> {
                 break;
             }
         }
-        if ws.queue.is_empty() && ws.queue.capacity() > crate::outbox::KEEP_CAPACITY {
-            ws.queue.shrink_to(crate::outbox::KEEP_CAPACITY);
+        if ws.queue.is_empty() && ws.queue.capacity() > 0 {
+            // An idle session keeps no room for frames.
+            ws.queue = VecDeque::new();
         }
         // Everything written, or the connection full: either way the task is registered to
         // be woken, and another round now would find nothing to do.

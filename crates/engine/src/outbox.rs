@@ -86,9 +86,6 @@ impl Frame {
     }
 }
 
-/// Frames' worth of room a queue keeps after it was emptied.
-pub(crate) const KEEP_CAPACITY: usize = 16;
-
 /// Engine.IO's ping, framed.
 pub(crate) const PING: Frame = Frame::from_static(b"\x81\x012");
 /// Engine.IO's noop, framed.
@@ -201,8 +198,8 @@ impl Outbox {
         Poll::Pending
     }
 
-    /// Moves every queued frame into `into` (a WebSocket's write queue), keeping both queues'
-    /// allocations for the next time; or registers the consumer's waker when there is none.
+    /// Moves every queued frame into `into` (a WebSocket's write queue); or registers the
+    /// consumer's waker when there is none.
     /// `Ready(false)` once closed with nothing left.
     pub(crate) fn poll_drain_into(
         &self,
@@ -211,13 +208,22 @@ impl Outbox {
     ) -> Poll<bool> {
         let mut s = self.lock();
         if !s.queue.is_empty() {
-            into.extend(s.queue.drain(..).map(|f| {
-                let cost = f.cost();
-                (f.into_ws(), cost)
-            }));
-            // A burst's worth of room is not kept by an idle client.
-            if s.queue.capacity() > KEEP_CAPACITY {
-                s.queue.shrink_to(KEEP_CAPACITY);
+            // The queue's allocation goes with its frames when the writer has none; an idle
+            // session keeps no room for frames (both queues are freed once empty).
+            if into.is_empty() {
+                *into = std::mem::take(&mut s.queue)
+                    .into_iter()
+                    .map(|f| {
+                        let cost = f.cost();
+                        (f.into_ws(), cost)
+                    })
+                    .collect();
+            } else {
+                into.extend(s.queue.drain(..).map(|f| {
+                    let cost = f.cost();
+                    (f.into_ws(), cost)
+                }));
+                s.queue = VecDeque::new();
             }
             return Poll::Ready(true);
         }

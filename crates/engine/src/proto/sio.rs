@@ -440,7 +440,9 @@ impl std::error::Error for AssembleError {}
 pub struct Assembler {
     max_attachments: usize,
     max_bytes: usize,
-    waiting: Option<(Inbound, usize, Vec<bytes::Bytes>)>,
+    /// A binary packet, how many attachments it announced, and those that came. Boxed: most
+    /// connections never send one.
+    waiting: Option<Box<(Inbound, usize, Vec<bytes::Bytes>)>>,
     bytes: usize,
 }
 
@@ -470,16 +472,17 @@ impl Assembler {
                 attachments: Vec::new(),
             }));
         }
-        self.waiting = Some((packet, due, Vec::with_capacity(due)));
+        self.waiting = Some(Box::new((packet, due, Vec::with_capacity(due))));
         self.bytes = 0;
         Ok(None)
     }
 
     /// A binary message: the packet it completes, if it is the last attachment due.
     pub fn binary(&mut self, data: bytes::Bytes) -> Result<Option<Complete>, AssembleError> {
-        let Some((_, due, got)) = &mut self.waiting else {
+        let Some(waiting) = &mut self.waiting else {
             return Err(AssembleError::UnexpectedBinary);
         };
+        let (_, due, got) = &mut **waiting;
         self.bytes += data.len();
         if self.bytes > self.max_bytes {
             return Err(AssembleError::AttachmentsTooLarge);
@@ -488,7 +491,7 @@ impl Assembler {
         if got.len() < *due {
             return Ok(None);
         }
-        let (packet, _, attachments) = self.waiting.take().unwrap_or_else(|| unreachable!());
+        let (packet, _, attachments) = *self.waiting.take().unwrap_or_else(|| unreachable!());
         Ok(Some(Complete {
             packet,
             attachments,

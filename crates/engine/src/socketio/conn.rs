@@ -266,6 +266,10 @@ impl Layer for Conn {
             }
             self.collect();
             let Some(work) = self.queue.pop_front() else {
+                // An idle connection keeps no room for work.
+                if self.queue.capacity() > 0 {
+                    self.queue = VecDeque::new();
+                }
                 return Poll::Ready(());
             };
             self.running = self.start(work);
