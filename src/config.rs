@@ -78,9 +78,21 @@ pub struct Config {
     #[arg(long, env = "BANTER_MAX_MESSAGE_CHARS", default_value_t = 2_000)]
     pub max_message_chars: usize,
 
-    /// How many recent messages are kept per room and sent to people who join.
+    /// How many recent messages are sent to people who join, and the most a reconnecting client
+    /// catches up with `lastId`. With `--store memory` and with Redis, also all that is kept.
     #[arg(long, env = "BANTER_HISTORY_LEN", default_value_t = 100)]
     pub history_len: usize,
+
+    /// Where a single instance keeps its history: "sqlite" (a database in --data-dir that
+    /// survives restarts) or "memory" (nothing on disk; lost when the process stops). Ignored
+    /// with Redis, which keeps the history then.
+    #[arg(long, env = "BANTER_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+
+    /// The directory of the SQLite history (the file banter.db in it), created if missing. In a
+    /// container, a mounted volume; on Azure App Service, a folder under /home.
+    #[arg(long, env = "BANTER_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
 
     /// Messages per second that one socket may send over time.
     #[arg(long, env = "BANTER_MESSAGE_RATE", default_value_t = 5.0)]
@@ -178,6 +190,13 @@ pub struct Config {
 pub enum Transport {
     Polling,
     Websocket,
+}
+
+/// Where a single instance keeps its history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    Sqlite,
+    Memory,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

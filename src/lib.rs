@@ -14,6 +14,7 @@ pub mod serve;
 pub mod server;
 pub mod shutdown;
 pub mod socket;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod web;
