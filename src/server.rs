@@ -1,6 +1,7 @@
 //! Assembles the service (page, client bundle, health, Socket.IO) and serves it on a listener
-//! until shutdown. The adapter is chosen here, once: in-process by default, Redis when a Redis
-//! URL is set. Everything else is the same code, generic over the adapter.
+//! until shutdown. The adapter and the stores are chosen here, once: in-process by default (the
+//! history in SQLite or in memory, `crate::store`), Redis when a Redis URL is set. Everything
+//! else is the same code, generic over the adapter.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,12 +19,13 @@ use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
-use crate::chat::{Announcer, History, LOBBY, MemoryHistory, MemoryPresence, Presence};
+use crate::chat::{Announcer, History, LOBBY, MemoryPresence, Presence};
 use crate::clients::{self, AddressLimits};
 use crate::cluster::{self, RedisStore, ResilientDriver};
 use crate::config::{Config, Transport};
 use crate::guard;
 use crate::socket::{self, ChatContext, ChatSettings};
+use crate::store::{CommittedStream, LocalStore};
 use crate::web::{self, Readiness};
 
 /// The Socket.IO adapter used with Redis.
@@ -44,10 +46,11 @@ pub async fn run(
     config.validate()?;
     match config.redis_url() {
         None => {
+            let mut store = LocalStore::open(&config).await?;
             let ctx = context(
                 &config,
                 Arc::new(MemoryPresence::default()),
-                Arc::new(MemoryHistory::new(config.history_len)),
+                store.history.clone(),
             );
             let (svc, io) = socket_io(&config).with_state(ctx.clone()).build_svc();
             io.ns(
@@ -61,8 +64,15 @@ pub async fn run(
             };
             serve_metrics(&config, &readiness).await?;
             let router = router(&config, svc, readiness, &ctx.clients);
-            let background = tokio::spawn(reap_forever(ctx, io.clone(), reap_interval(&config)));
-            serve(listener, &config, router, io, shutdown, background, None).await
+            let background = tokio::spawn(local_forever(
+                ctx,
+                io.clone(),
+                reap_interval(&config),
+                store.committed.take(),
+            ));
+            let served = serve(listener, &config, router, io, shutdown, background, None).await;
+            store.close().await;
+            served
         }
         Some(url) => {
             let options = cluster::RedisOptions {
@@ -372,13 +382,41 @@ fn reap_interval(config: &Config) -> Duration {
     (config.reconnect_grace() / 10).clamp(Duration::from_millis(50), Duration::from_millis(500))
 }
 
-/// Ends grace periods, for as long as the server runs.
-async fn reap_forever<A: Adapter>(ctx: ChatContext, io: SocketIo<A>, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        socket::reap(&ctx, &io).await;
+/// A single instance's duties, for as long as it runs: end grace periods, and deliver the
+/// messages that the store committed (SQLite), in the order it committed them.
+async fn local_forever<A: Adapter>(
+    ctx: ChatContext,
+    io: SocketIo<A>,
+    every: Duration,
+    committed: Option<CommittedStream>,
+) {
+    let reap = {
+        let io = io.clone();
+        async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                socket::reap(&ctx, &io).await;
+            }
+        }
+    };
+    match committed {
+        Some(committed) => {
+            tokio::join!(reap, deliver_committed(io, committed));
+        }
+        None => reap.await,
+    }
+}
+
+/// The delivery hook of the SQLite store: each committed message goes to this instance's
+/// sockets in its room (except the sender), group after group, so every client receives a
+/// room's messages in id order. The sender's ack comes from the store itself, after the commit.
+async fn deliver_committed<A: Adapter>(io: SocketIo<A>, mut committed: CommittedStream) {
+    while let Some(group) = committed.recv().await {
+        for c in &group {
+            socket::deliver_published(&io, &c.room, &c.sender, &c.message).await;
+        }
     }
 }
 

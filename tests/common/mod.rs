@@ -30,6 +30,8 @@ pub struct TestServer {
     pub url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<()>>>,
+    /// The data directory of its SQLite history, when the test did not give one; removed on drop.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -38,8 +40,19 @@ impl TestServer {
     }
 
     /// Starts a server with flags as on the command line, e.g. `["--message-burst", "3"]`.
+    /// Unless the flags name a `--data-dir`, the history goes to a temporary one.
     pub async fn with_args(args: &[&str]) -> Result<Self> {
-        let config = Config::try_parse_from(std::iter::once("banter").chain(args.iter().copied()))?;
+        let data = match args.contains(&"--data-dir") {
+            true => None,
+            false => Some(tempfile::tempdir()?),
+        };
+        let data_arg = data.as_ref().map(|d| d.path().display().to_string());
+        let data_args = data_arg.iter().flat_map(|d| ["--data-dir", d.as_str()]);
+        let config = Config::try_parse_from(
+            std::iter::once("banter")
+                .chain(args.iter().copied())
+                .chain(data_args),
+        )?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -52,6 +65,7 @@ impl TestServer {
             url: format!("http://{addr}"),
             stop: Some(stop),
             task: Some(task),
+            _data: data,
         })
     }
 
@@ -65,6 +79,7 @@ impl TestServer {
             url: url.to_owned(),
             stop: None,
             task: None,
+            _data: None,
         }
     }
 
@@ -542,18 +557,58 @@ fn which(program: &str) -> Option<PathBuf> {
 pub struct BanterProcess {
     pub url: String,
     child: tokio::process::Child,
+    /// Its data directory, when the test did not give one; removed on drop.
+    _data: Option<tempfile::TempDir>,
+}
+
+/// A `banter` command line as a test runs it: on a free port, never the machine's Redis, and
+/// with a temporary data directory unless `args` names one.
+fn banter_command(args: &[&str]) -> Result<(tokio::process::Command, Option<tempfile::TempDir>)> {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter"));
+    command
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("NO_COLOR", "1")
+        .env_remove("REDIS_URL")
+        .args(args)
+        .kill_on_drop(true);
+    let data = match args.contains(&"--data-dir") {
+        true => None,
+        false => Some(tempfile::tempdir()?),
+    };
+    if let Some(dir) = &data {
+        command.env("BANTER_DATA_DIR", dir.path());
+    }
+    Ok((command, data))
+}
+
+/// What a `banter` run that was expected to stop by itself left: its exit status and output.
+pub struct Exited {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `banter` with `args` until it exits by itself (a start-up refusal, or a command such as
+/// `backup`), for at most `within`.
+pub async fn run_banter(args: &[&str], within: Duration) -> Result<Exited> {
+    let (mut command, _data) = banter_command(args)?;
+    let out = tokio::time::timeout(within, command.output())
+        .await
+        .with_context(|| format!("banter {args:?} still running after {within:?}"))??;
+    Ok(Exited {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }
 
 impl BanterProcess {
     pub async fn start(args: &[&str]) -> Result<Self> {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter"))
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env_remove("REDIS_URL")
-            .args(args)
+        let (mut command, data) = banter_command(args)?;
+        let mut child = command
             .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .context("start banter")?;
         let stdout = child.stdout.take().context("stdout")?;
@@ -568,7 +623,30 @@ impl BanterProcess {
         })
         .await
         .context("banter did not start")??;
-        Ok(Self { url, child })
+        // Keep reading its output: a full pipe would block the server's next write.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            url,
+            child,
+            _data: data,
+        })
+    }
+
+    /// The process id, to signal it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for the exit status (as `docker stop` would).
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await??)
     }
 
     pub fn server(&self) -> TestServer {
