@@ -10,6 +10,11 @@ use clap::{Parser, ValueEnum};
 use crate::chat::Limits;
 use crate::clients::{AddressBounds, IpNet};
 
+const SECONDS_PER_DAY: u64 = 86_400;
+
+/// The longest age limit accepted: a hundred years (so that the arithmetic cannot overflow).
+const MAX_RETAIN_DAYS: u64 = 36_500;
+
 /// Banter: a real-time chat server that speaks Socket.IO, a drop-in for the classic Node.js chat
 /// example. Every setting can also be given in the environment variable named beside it.
 #[derive(Debug, Clone, Parser)]
@@ -93,6 +98,16 @@ pub struct Config {
     /// container, a mounted volume; on Azure App Service, a folder under /home.
     #[arg(long, env = "BANTER_DATA_DIR", default_value = "data", global = true)]
     pub data_dir: PathBuf,
+
+    /// With SQLite: messages kept per room. Older ones are deleted, a few hundred at a time
+    /// between commits. At least --history-len.
+    #[arg(long, env = "BANTER_RETAIN_MESSAGES", default_value_t = 10_000)]
+    pub retain_messages: u64,
+
+    /// With SQLite: days a message is kept; older ones are deleted. 0 keeps them as long as
+    /// --retain-messages allows.
+    #[arg(long, env = "BANTER_RETAIN_DAYS", default_value_t = 30)]
+    pub retain_days: u64,
 
     /// Messages per second that one socket may send over time.
     #[arg(long, env = "BANTER_MESSAGE_RATE", default_value_t = 5.0)]
@@ -257,6 +272,12 @@ impl Config {
                 "--instance-timeout-ms must be at least 1000 (instances heart-beat every 500 ms)"
             );
         }
+        if self.retain_messages < self.history_len as u64 {
+            bail!("--retain-messages must be at least --history-len (what a join is sent)");
+        }
+        if self.retain_days > MAX_RETAIN_DAYS {
+            bail!("--retain-days must be at most {MAX_RETAIN_DAYS} (0 for no age limit)");
+        }
         if let Some(urls) = self.redis_url()
             && urls
                 .split(',')
@@ -273,6 +294,11 @@ impl Config {
             .clone()
             .or_else(|| std::env::var("REDIS_URL").ok())
             .filter(|url| !url.trim().is_empty())
+    }
+
+    /// The age limit of the SQLite history, if any.
+    pub fn retain_age(&self) -> Option<Duration> {
+        (self.retain_days > 0).then(|| Duration::from_secs(self.retain_days * SECONDS_PER_DAY))
     }
 
     pub fn instance_timeout(&self) -> Duration {

@@ -44,6 +44,8 @@ impl LocalStore {
                 let options = SqliteOptions {
                     data_dir: config.data_dir.clone(),
                     recent_len: config.history_len,
+                    retain_messages: config.retain_messages,
+                    retain_age: config.retain_age(),
                 };
                 let (store, committed) =
                     tokio::task::spawn_blocking(move || SqliteHistory::open(&options))

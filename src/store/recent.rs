@@ -69,6 +69,20 @@ impl Recent {
         });
     }
 
+    /// Records that retention deleted the room's messages with ids up to `up_to`.
+    pub fn pruned(&self, room: &str, up_to: u64) {
+        self.with_room(room, |r| {
+            r.floor = r.floor.max(up_to);
+            if r.older.is_some_and(|older| older <= up_to) {
+                // Retention deletes oldest first: nothing older than the window is left.
+                r.older = None;
+            }
+            while r.messages.front().is_some_and(|m| m.id <= up_to) {
+                r.messages.pop_front();
+            }
+        });
+    }
+
     /// The page for a joining client (see `History::page`).
     pub fn page(&self, room: &str, last_id: Option<u64>, limit: usize) -> HistoryPage {
         self.with_room(room, |r| {
@@ -118,5 +132,19 @@ mod tests {
         assert!(p.complete && p.messages.len() == 3);
         // A lastId from before the database existed.
         assert!(!recent.page("r", Some(999), 10).complete);
+    }
+
+    #[test]
+    fn retention_moves_the_floor_and_can_empty_the_window() {
+        let recent = Recent::new(3, 1_000);
+        recent.push("r", (2_000..2_006).map(msg));
+        recent.pruned("r", 2_002);
+        assert!(recent.page("r", Some(2_002), 10).complete);
+        assert!(!recent.page("r", Some(2_001), 10).complete);
+        recent.pruned("r", 2_004);
+        let p = recent.page("r", Some(2_004), 10);
+        assert_eq!(p.messages.iter().map(|m| m.id).collect::<Vec<_>>(), [2_005]);
+        assert!(p.complete);
+        assert!(!recent.page("r", Some(2_003), 10).complete);
     }
 }

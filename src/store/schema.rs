@@ -35,6 +35,16 @@ pub const MIGRATIONS: &[&str] = &[
          message TEXT NOT NULL,
          PRIMARY KEY (room, id)
      ) WITHOUT ROWID;",
+    // 2: retention. Per room, the floor: every message with an id above it is still stored
+    // (retention deletes oldest first and raises it). Rooms of a version-1 database lost nothing
+    // yet: their floor is the database's creation.
+    "CREATE TABLE rooms (
+         room TEXT PRIMARY KEY,
+         floor INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     INSERT INTO rooms (room, floor)
+         SELECT DISTINCT room, (SELECT value FROM meta WHERE key = 'created_ms') * 1000
+         FROM messages;",
 ];
 
 /// The version this build writes.

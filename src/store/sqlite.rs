@@ -9,13 +9,17 @@
 //!
 //! Reads never touch the disk: the newest messages of each room are kept in memory (`Recent`),
 //! loaded at start and updated after each commit.
+//!
+//! Retention (a count and an age per room) is the writer's too: between groups it deletes the
+//! oldest messages, at most `PRUNE_CHUNK` per transaction, so that catching up on a large excess
+//! (after lowering a limit, or after days stopped) never stalls the chat.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -44,6 +48,13 @@ const START_LOCK_WAIT: Duration = Duration::from_secs(5);
 /// is refused (`unavailable`). Appends queue behind it meanwhile.
 const WRITE_LOCK_WAIT: Duration = Duration::from_secs(2);
 
+/// Most messages one retention step deletes (in its own transaction).
+const PRUNE_CHUNK: u64 = 500;
+
+/// How often an idle writer checks the age limit; also the longest that an excess below
+/// `PRUNE_CHUNK` waits under constant load, and the pause after a failed retention step.
+const RETAIN_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// The file in the data directory that one Banter process holds locked while it uses it.
 const LOCK_FILE: &str = "banter.lock";
 
@@ -65,6 +76,10 @@ pub struct SqliteOptions {
     pub data_dir: PathBuf,
     /// Messages per room kept in memory and sent on join (`--history-len`).
     pub recent_len: usize,
+    /// Messages kept per room on disk; older ones are deleted.
+    pub retain_messages: u64,
+    /// Messages older than this are deleted; `None` keeps them (the count still bounds them).
+    pub retain_age: Option<Duration>,
 }
 
 /// Whether the last commit worked, for readiness and for logging an outage once.
@@ -134,6 +149,9 @@ impl SqliteHistory {
                 room,
                 RoomState {
                     last_id: state.last_id,
+                    retained: state.retained,
+                    oldest: state.oldest,
+                    has_row: true,
                 },
             );
         }
@@ -147,6 +165,10 @@ impl SqliteHistory {
         let writer = Writer {
             conn,
             path: path.clone(),
+            retain_messages: options.retain_messages,
+            retain_age: options.retain_age,
+            last_prune: Instant::now(),
+            retention_paused_until: None,
             default_floor: loaded.default_floor,
             rooms,
             recent: recent.clone(),
@@ -285,6 +307,7 @@ struct LoadedRoom {
     recent: RoomRecent,
     last_id: u64,
     retained: u64,
+    oldest: Option<u64>,
 }
 
 fn to_u64(value: i64) -> u64 {
@@ -302,15 +325,16 @@ fn load(conn: &Connection, recent_len: usize) -> rusqlite::Result<Loaded> {
         |row| row.get(0),
     )?;
     let default_floor = to_u64(created_ms).saturating_mul(IDS_PER_MILLI);
-    let names: Vec<String> = conn
-        .prepare("SELECT DISTINCT room FROM messages")?
-        .query_map([], |row| row.get(0))?
+    let floors: Vec<(String, i64)> = conn
+        .prepare("SELECT room, floor FROM rooms")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut newest = conn.prepare(
         "SELECT id, ts, username, message FROM messages WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
     )?;
     let mut rooms = Vec::new();
-    for room in names {
+    for (room, floor) in floors {
+        let floor = to_u64(floor).max(default_floor);
         let mut rows: Vec<StoredMessage> = newest
             .query_map(params![room, to_i64(recent_len as u64 + 1)], |row| {
                 Ok(StoredMessage {
@@ -321,28 +345,28 @@ fn load(conn: &Connection, recent_len: usize) -> rusqlite::Result<Loaded> {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let last_id = rows
-            .first()
-            .map_or(default_floor, |m| m.id.max(default_floor));
+        // Retention may have deleted every message: the floor is then the last id given.
+        let last_id = rows.first().map_or(floor, |m| m.id.max(floor));
         let older = (rows.len() > recent_len)
             .then(|| rows.pop().map(|m| m.id))
             .flatten();
         rows.reverse();
-        let retained: i64 = conn.query_row(
-            "SELECT count(*) FROM messages WHERE room = ?1",
+        let (retained, oldest): (i64, Option<i64>) = conn.query_row(
+            "SELECT count(*), min(id) FROM messages WHERE room = ?1",
             [&room],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
         rooms.push((
             room,
             LoadedRoom {
                 recent: RoomRecent {
                     messages: rows.into(),
-                    floor: default_floor,
+                    floor,
                     older,
                 },
                 last_id,
                 retained: to_u64(retained),
+                oldest: oldest.map(to_u64),
             },
         ));
     }
@@ -356,6 +380,13 @@ fn load(conn: &Connection, recent_len: usize) -> rusqlite::Result<Loaded> {
 struct Writer {
     conn: Connection,
     path: PathBuf,
+    retain_messages: u64,
+    retain_age: Option<Duration>,
+    /// When the last retention step ran.
+    last_prune: Instant,
+    /// After a failed retention step, none until then (the disk may be full: deleting needs
+    /// room in the WAL too).
+    retention_paused_until: Option<Instant>,
     default_floor: u64,
     rooms: HashMap<String, RoomState>,
     recent: Arc<Recent>,
@@ -368,6 +399,45 @@ struct Writer {
 struct RoomState {
     /// The last id given in the room (committed or not: ids never go backwards).
     last_id: u64,
+    /// Messages stored.
+    retained: u64,
+    /// The oldest stored id.
+    oldest: Option<u64>,
+    /// The room has its row in `rooms`.
+    has_row: bool,
+}
+
+/// What one retention step is to delete in a room: ids up to this one.
+fn prune_bound(
+    conn: &Connection,
+    room: &str,
+    excess: u64,
+    age_cutoff: Option<u64>,
+) -> rusqlite::Result<Option<u64>> {
+    let mut bound = None;
+    if excess > 0 {
+        let offset = to_i64(excess.min(PRUNE_CHUNK) - 1);
+        let by_count: i64 = conn
+            .prepare_cached(
+                "SELECT id FROM messages WHERE room = ?1 ORDER BY id LIMIT 1 OFFSET ?2",
+            )?
+            .query_row(params![room, offset], |row| row.get(0))?;
+        bound = Some(to_u64(by_count));
+    }
+    if let Some(cutoff) = age_cutoff {
+        // Ids are at least the sending time × 1000, so an id below the cutoff's is older than
+        // the cutoff; the primary key finds them without reading the rows.
+        let by_age: Option<i64> = conn
+            .prepare_cached(
+                "SELECT max(id) FROM (SELECT id FROM messages WHERE room = ?1 AND id < ?2 \
+                 ORDER BY id LIMIT ?3)",
+            )?
+            .query_row(params![room, to_i64(cutoff), to_i64(PRUNE_CHUNK)], |row| {
+                row.get(0)
+            })?;
+        bound = bound.max(by_age.map(to_u64));
+    }
+    Ok(bound)
 }
 
 impl Writer {
@@ -375,9 +445,18 @@ impl Writer {
         let mut group = Vec::with_capacity(MAX_BATCH);
         let mut closing = false;
         while !closing {
-            match queue.recv() {
+            // Idle: retention gets the time, one step at a time, between arrivals.
+            let wait = match self.retention_due() {
+                true => Duration::ZERO,
+                false => RETAIN_CHECK_EVERY,
+            };
+            match queue.recv_timeout(wait) {
                 Ok(Request::Append(append)) => group.push(append),
-                Ok(Request::Close) | Err(_) => break,
+                Ok(Request::Close) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    self.retain_step();
+                    continue;
+                }
             }
             while group.len() < MAX_BATCH {
                 match queue.try_recv() {
@@ -390,6 +469,13 @@ impl Writer {
                 }
             }
             self.commit(std::mem::take(&mut group));
+            // Under constant load the queue is never empty: a step now and then, or at once
+            // when the excess is a whole chunk, keeps the rooms within their limits.
+            if self.retention_due()
+                && (self.last_prune.elapsed() >= RETAIN_CHECK_EVERY || self.excess_is_large())
+            {
+                self.retain_step();
+            }
         }
         // Leave a single file behind: the WAL folded into the database.
         if let Err(err) = self
@@ -408,6 +494,9 @@ impl Writer {
         for append in &group {
             let room = self.rooms.entry(append.room.clone()).or_insert(RoomState {
                 last_id: self.default_floor,
+                retained: 0,
+                oldest: None,
+                has_row: false,
             });
             let id = next_id(room.last_id, now);
             room.last_id = id;
@@ -431,6 +520,11 @@ impl Writer {
                 // or, being subscribed already, receives it from the delivery below.
                 for c in &committed {
                     self.recent.push(&c.room, [c.message.clone()]);
+                    if let Some(room) = self.rooms.get_mut(&c.room) {
+                        room.retained += 1;
+                        room.oldest.get_or_insert(c.message.id);
+                        room.has_row = true;
+                    }
                 }
                 let acks: Vec<StoredMessage> =
                     committed.iter().map(|c| c.message.clone()).collect();
@@ -476,8 +570,105 @@ impl Writer {
                     m.message
                 ])?;
             }
+            let mut new_room =
+                tx.prepare_cached("INSERT OR IGNORE INTO rooms (room, floor) VALUES (?1, ?2)")?;
+            for c in committed {
+                if self.rooms.get(&c.room).is_some_and(|r| !r.has_row) {
+                    new_room.execute(params![c.room, to_i64(self.default_floor)])?;
+                }
+            }
         }
         tx.commit()
+    }
+
+    /// The id below which messages are past the age limit, now.
+    fn age_cutoff(&self) -> Option<u64> {
+        let age = u64::try_from(self.retain_age?.as_millis()).unwrap_or(u64::MAX);
+        Some(
+            now_millis()
+                .saturating_sub(age)
+                .saturating_mul(IDS_PER_MILLI),
+        )
+    }
+
+    fn room_due(&self, room: &RoomState, cutoff: Option<u64>) -> bool {
+        room.retained > self.retain_messages
+            || matches!((room.oldest, cutoff), (Some(oldest), Some(cutoff)) if oldest < cutoff)
+    }
+
+    fn retention_due(&self) -> bool {
+        if self
+            .retention_paused_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return false;
+        }
+        let cutoff = self.age_cutoff();
+        self.rooms.values().any(|room| self.room_due(room, cutoff))
+    }
+
+    fn excess_is_large(&self) -> bool {
+        self.rooms
+            .values()
+            .any(|room| room.retained >= self.retain_messages + PRUNE_CHUNK)
+    }
+
+    /// Deletes at most `PRUNE_CHUNK` of the oldest messages of one room that is over a limit.
+    fn retain_step(&mut self) {
+        self.last_prune = Instant::now();
+        let cutoff = self.age_cutoff();
+        let Some(room) = self
+            .rooms
+            .iter()
+            .find(|(_, state)| self.room_due(state, cutoff))
+            .map(|(room, _)| room.clone())
+        else {
+            return;
+        };
+        match self.prune(&room, cutoff) {
+            Ok(true) => self.retention_paused_until = None,
+            Ok(false) => {
+                // Nothing to delete after all: do not spin on it.
+                self.retention_paused_until = Some(Instant::now() + RETAIN_CHECK_EVERY);
+            }
+            Err(err) => {
+                tracing::warn!(
+                    "{:#}; old messages are kept for now",
+                    schema::explain(&self.path, &err)
+                );
+                self.retention_paused_until = Some(Instant::now() + RETAIN_CHECK_EVERY);
+            }
+        }
+    }
+
+    /// One retention step in `room`; false when it found nothing to delete.
+    fn prune(&mut self, room: &str, cutoff: Option<u64>) -> rusqlite::Result<bool> {
+        let Some(state) = self.rooms.get(room) else {
+            return Ok(false);
+        };
+        let excess = state.retained.saturating_sub(self.retain_messages);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(up_to) = prune_bound(&tx, room, excess, cutoff)? else {
+            return Ok(false);
+        };
+        let deleted = tx
+            .prepare_cached("DELETE FROM messages WHERE room = ?1 AND id <= ?2")?
+            .execute(params![room, to_i64(up_to)])?;
+        tx.prepare_cached("UPDATE rooms SET floor = max(floor, ?2) WHERE room = ?1")?
+            .execute(params![room, to_i64(up_to)])?;
+        let oldest: Option<i64> = tx
+            .prepare_cached("SELECT min(id) FROM messages WHERE room = ?1")?
+            .query_row([room], |row| row.get(0))?;
+        tx.commit()?;
+        if let Some(state) = self.rooms.get_mut(room) {
+            state.retained = state.retained.saturating_sub(deleted as u64);
+            state.oldest = oldest.map(to_u64);
+        }
+        self.recent.pruned(room, up_to);
+        tracing::debug!(room, deleted, up_to, "retention deleted old messages");
+        Ok(true)
     }
 }
 
@@ -489,6 +680,8 @@ mod tests {
         SqliteOptions {
             data_dir: dir.to_owned(),
             recent_len,
+            retain_messages: 10_000,
+            retain_age: None,
         }
     }
 
@@ -562,6 +755,90 @@ mod tests {
             groups < 400,
             "some commits held several messages ({groups} groups)"
         );
+    }
+
+    fn stored_ids(dir: &Path) -> Vec<u64> {
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        let mut select = conn
+            .prepare("SELECT id FROM messages WHERE room = 'r' ORDER BY id")
+            .unwrap();
+        select
+            .query_map([], |row| row.get::<_, i64>(0))
+            .unwrap()
+            .map(|id| to_u64(id.unwrap()))
+            .collect()
+    }
+
+    /// Waits for the writer's retention to leave `n` messages.
+    async fn until_stored(dir: &Path, n: usize) -> Vec<u64> {
+        for _ in 0..100 {
+            let ids = stored_ids(dir);
+            if ids.len() == n {
+                return ids;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("still {} messages stored, not {n}", stored_ids(dir).len());
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_by_count_and_moves_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteOptions {
+            retain_messages: 5,
+            ..options(dir.path(), 3)
+        };
+        let (store, _c) = SqliteHistory::open(&opts).unwrap();
+        let mut sent = Vec::new();
+        for i in 0..12 {
+            sent.push(send(&store, &format!("m{i}")).await);
+        }
+        let ids = until_stored(dir.path(), 5).await;
+        assert_eq!(ids, sent[7..].iter().map(|m| m.id).collect::<Vec<_>>());
+        // Missed only what the window holds: complete.
+        let page = store.page("r", Some(sent[8].id), 3).await.unwrap();
+        assert_eq!(page.messages, sent[9..]);
+        assert!(page.complete);
+        // Missed a stored message beyond the window (sent[8]), or a deleted one (sent[6]).
+        assert!(!store.page("r", Some(sent[7].id), 3).await.unwrap().complete);
+        assert!(!store.page("r", Some(sent[5].id), 3).await.unwrap().complete);
+        store.close().await;
+        drop(store);
+
+        let (store, _c) = SqliteHistory::open(&opts).unwrap();
+        assert!(store.page("r", Some(sent[8].id), 3).await.unwrap().complete);
+        assert!(!store.page("r", Some(sent[5].id), 3).await.unwrap().complete);
+        assert!(send(&store, "next").await.id > sent[11].id);
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_what_is_older_than_the_age_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _c) = SqliteHistory::open(&options(dir.path(), 3)).unwrap();
+        send(&store, "today").await;
+        store.close().await;
+        drop(store);
+        // Written as if sent 40 and 31 days ago (ids are clock-derived).
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let day = 86_400_000_u64;
+        for days in [40, 31] {
+            let ts = now_millis() - days * day;
+            conn.execute(
+                "INSERT INTO messages VALUES ('r', ?1, ?2, 'old', 'old')",
+                params![to_i64(ts * IDS_PER_MILLI), to_i64(ts)],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let opts = SqliteOptions {
+            retain_age: Some(Duration::from_secs(30 * 86_400)),
+            ..options(dir.path(), 3)
+        };
+        let (store, _c) = SqliteHistory::open(&opts).unwrap();
+        until_stored(dir.path(), 1).await;
+        let page = store.page("r", None, 3).await.unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(page.messages[0].message, "today");
     }
 
     #[tokio::test]

@@ -1,0 +1,189 @@
+//! The durable history of a single instance (SQLite in a temporary data directory), through real
+//! clients: restarts, `lastId` across them, retention, migrations.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use banter::store::schema;
+use common::{TestClient, TestServer};
+use rust_socketio::TransportType;
+use serde_json::{Value, json};
+
+async fn start(dir: &Path, extra: &[&str]) -> Result<TestServer> {
+    let dir = dir.display().to_string();
+    let mut args = vec!["--data-dir", dir.as_str()];
+    args.extend_from_slice(extra);
+    TestServer::with_args(&args).await
+}
+
+fn ids(history: &Value) -> Vec<u64> {
+    history
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// The ids stored in the lobby, read from the file as another process would.
+fn stored_ids(dir: &Path) -> Result<Vec<u64>> {
+    let conn = rusqlite::Connection::open(dir.join(schema::DB_FILE))?;
+    let mut select = conn.prepare("SELECT id FROM messages WHERE room = 'lobby' ORDER BY id")?;
+    let ids = select
+        .query_map([], |row| row.get::<_, i64>(0))?
+        .map(|id| Ok(u64::try_from(id?)?))
+        .collect::<Result<Vec<u64>>>()?;
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn history_and_ids_survive_a_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), &[]).await?;
+    let mut alice = TestClient::connect(&server, TransportType::Websocket).await?;
+    alice.join("alice").await?;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let ack = alice.call("new message", json!(format!("m{i}"))).await?;
+        sent.push(ack["id"].as_u64().context("id")?);
+    }
+    alice.disconnect().await?;
+    server.shutdown().await?;
+
+    let server = start(dir.path(), &[]).await?;
+    let mut bob = TestClient::connect(&server, TransportType::Polling).await?;
+    let login = bob.join("bob").await?;
+    assert_eq!(ids(&login["history"]), sent);
+    assert_eq!(login["history"][4]["message"], "m4");
+    assert_eq!(login["history"][4]["username"], "alice");
+    assert_eq!(login["historyComplete"], true);
+    let ack = bob.call("new message", json!("after")).await?;
+    assert!(ack["id"].as_u64().context("id")? > sent[4]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn last_id_across_a_restart_gets_exactly_what_was_missed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), &[]).await?;
+    let mut alice = TestClient::connect(&server, TransportType::Websocket).await?;
+    let mut bob = TestClient::connect(&server, TransportType::Websocket).await?;
+    alice.join("alice").await?;
+    bob.join("bob").await?;
+    bob.emit("new message", json!("seen")).await?;
+    let last_id = alice.expect("new message").await?["id"]
+        .as_u64()
+        .context("id")?;
+    alice.disconnect().await?;
+    let mut missed = Vec::new();
+    for text in ["one", "two"] {
+        missed.push(bob.call("new message", json!(text)).await?["id"].clone());
+    }
+    bob.disconnect().await?;
+    server.shutdown().await?;
+
+    let server = start(dir.path(), &[]).await?;
+    let bob = TestClient::connect(&server, TransportType::Websocket).await?;
+    bob.call("add user", json!("bob")).await?;
+    missed.push(bob.call("new message", json!("three")).await?["id"].clone());
+    let back = TestClient::connect(&server, TransportType::Polling).await?;
+    let login = back
+        .call("add user", json!({"username": "alice", "lastId": last_id}))
+        .await?;
+    let got: Vec<Value> = login["history"]
+        .as_array()
+        .context("history")?
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(got, missed);
+    assert_eq!(login["historyComplete"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn retention_bounds_the_database_and_says_what_was_lost() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let args = [
+        "--history-len",
+        "3",
+        "--retain-messages",
+        "5",
+        "--message-burst",
+        "50",
+    ];
+    let server = start(dir.path(), &args).await?;
+    let mut alice = TestClient::connect(&server, TransportType::Websocket).await?;
+    alice.join("alice").await?;
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let ack = alice.call("new message", json!(format!("m{i}"))).await?;
+        sent.push(ack["id"].as_u64().context("id")?);
+    }
+    // The writer deletes the excess between commits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stored_ids(dir.path())?.len() > 5 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_ids(dir.path())?, sent[7..]);
+    server.shutdown().await?;
+
+    let server = start(dir.path(), &args).await?;
+    let c = TestClient::connect(&server, TransportType::Websocket).await?;
+    let login = c
+        .call("add user", json!({"username": "carol", "lastId": sent[8]}))
+        .await?;
+    assert_eq!(ids(&login["history"]), sent[9..]);
+    assert_eq!(login["historyComplete"], true);
+    let d = TestClient::connect(&server, TransportType::Websocket).await?;
+    let login = d
+        .call("add user", json!({"username": "dave", "lastId": sent[4]}))
+        .await?;
+    assert_eq!(ids(&login["history"]), sent[9..]);
+    assert_eq!(login["historyComplete"], false, "m5 and m6 were deleted");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_database_made_by_schema_version_1_is_migrated_and_served() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // What the first version of the store wrote: its schema, then messages as it stored them.
+    let old: Vec<u64>;
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        schema::create_at_version(&conn, 1)?;
+        let now_ms = banter::chat::now_millis() + 1;
+        old = (0..3).map(|i| (now_ms + i) * 1_000).collect();
+        for (i, id) in old.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO messages (room, id, ts, username, message) VALUES ('lobby', ?1, ?2, 'old', ?3)",
+                rusqlite::params![i64::try_from(*id)?, i64::try_from(id / 1_000)?, format!("v1 #{i}")],
+            )?;
+        }
+    }
+    let server = start(dir.path(), &[]).await?;
+    let mut alice = TestClient::connect(&server, TransportType::Websocket).await?;
+    let login = alice.join("alice").await?;
+    assert_eq!(ids(&login["history"]), old);
+    assert_eq!(login["history"][2]["message"], "v1 #2");
+    let back = TestClient::connect(&server, TransportType::Websocket).await?;
+    let login = back
+        .call("add user", json!({"username": "bob", "lastId": old[0]}))
+        .await?;
+    assert_eq!(ids(&login["history"]), old[1..]);
+    assert_eq!(login["historyComplete"], true);
+    let ack = alice.call("new message", json!("v2")).await?;
+    assert!(ack["id"].as_u64().context("id")? > old[2]);
+    server.shutdown().await?;
+
+    let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    assert_eq!(version, schema::SCHEMA_VERSION);
+    Ok(())
+}
