@@ -797,3 +797,71 @@ fn rand_u16() -> u16 {
     );
     h.finish() as u16
 }
+
+/// A small tmpfs mounted by the test (as root), to make a full disk or a read-only file system;
+/// unmounted on drop. `None` (after `skip_or_fail`) where mounting is not allowed.
+pub struct TmpfsMount {
+    pub path: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl TmpfsMount {
+    pub fn new(size_kib: u64, read_only: bool) -> Result<Option<Self>> {
+        let parent = tempfile::tempdir()?;
+        let path = parent.path().join("mnt");
+        std::fs::create_dir(&path)?;
+        let mut options = format!("size={size_kib}k,mode=0777");
+        if read_only {
+            options.push_str(",ro");
+        }
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(&path)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Ok(Some(Self {
+                path,
+                _parent: parent,
+            })),
+            Ok(out) => {
+                skip_or_fail(&format!(
+                    "cannot mount a tmpfs (needs root): {}; disk-full and read-only tests did not run",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+                Ok(None)
+            }
+            Err(err) => {
+                skip_or_fail(&format!(
+                    "cannot run mount ({err}); disk-full and read-only tests did not run"
+                ));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes a file that takes all the space left; returns its path.
+    pub fn fill(&self) -> Result<PathBuf> {
+        use std::io::Write;
+        let path = self.path.join("filler");
+        let mut file = std::fs::File::create(&path)?;
+        let chunk = vec![0u8; 4096];
+        loop {
+            match file.write_all(&chunk) {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let _ = file.sync_all();
+        Ok(path)
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
