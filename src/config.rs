@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::chat::Limits;
 use crate::clients::{AddressBounds, IpNet};
@@ -20,6 +20,10 @@ const MAX_RETAIN_DAYS: u64 = 36_500;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "banter", version, about, max_term_width = 100)]
 pub struct Config {
+    /// Without a command, Banter serves the chat.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on. Use 0.0.0.0 (or ::) to accept connections from other machines, as a
     /// container does.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
@@ -205,6 +209,28 @@ pub struct Config {
 pub enum Transport {
     Polling,
     Websocket,
+}
+
+/// What `banter` does besides serving the chat: tools for the SQLite history in --data-dir.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Copy the SQLite history to PATH, a new file, while Banter runs or not: a consistent
+    /// snapshot (SQLite's online backup), checked, in one self-contained file. To restore it,
+    /// stop Banter and put it in the data directory as banter.db.
+    Backup {
+        /// The file to write; it must not exist.
+        path: PathBuf,
+    },
+    /// Write a room's stored messages as JSON lines, oldest first, one
+    /// {"id","ts","username","message"} per line.
+    Export {
+        /// The room (the chat has one, "lobby").
+        #[arg(long, default_value = "lobby")]
+        room: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Where a single instance keeps its history.

@@ -187,3 +187,165 @@ async fn a_database_made_by_schema_version_1_is_migrated_and_served() -> Result<
     assert_eq!(version, schema::SCHEMA_VERSION);
     Ok(())
 }
+
+/// Reads a JSON lines export.
+fn parse_lines(text: &str) -> Result<Vec<Value>> {
+    text.lines()
+        .map(|line| Ok(serde_json::from_str(line)?))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_backup_of_a_live_database_while_messages_flow_is_consistent_and_restores() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data").display().to_string();
+    let rate = ["--message-rate", "10000", "--message-burst", "10000"];
+    let server =
+        common::BanterProcess::start(&[&["--data-dir", &data_dir][..], &rate].concat()).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|s| {
+            let server = server.server();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut client = TestClient::connect(&server, TransportType::Websocket).await?;
+                client.join(&format!("sender{s}")).await?;
+                let mut acked = Vec::new();
+                // Bounded, in case the test fails before it says stop.
+                for i in 0..20_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let ack = client
+                        .call("new message", json!(format!("{s}/{i}")))
+                        .await?;
+                    acked.push(ack["id"].as_u64().context("refused")?);
+                }
+                anyhow::Ok(acked)
+            })
+        })
+        .collect();
+    // Two backups while the senders send.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut backups = Vec::new();
+    for n in 0..2 {
+        let path = dir.path().join(format!("backup-{n}.db"));
+        let path_arg = path.display().to_string();
+        let exited = common::run_banter(
+            &["--data-dir", &data_dir, "backup", &path_arg],
+            Duration::from_secs(30),
+        )
+        .await?;
+        anyhow::ensure!(exited.status.success(), "backup failed: {}", exited.stderr);
+        assert!(
+            exited.stderr.contains("backup written"),
+            "{}",
+            exited.stderr
+        );
+        backups.push(path);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for sender in senders {
+        acked.extend(sender.await??);
+    }
+    acked.sort_unstable();
+
+    for path in &backups {
+        // A snapshot as of one commit: exactly the acked messages up to its newest, none missing.
+        let conn = rusqlite::Connection::open(path)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        assert_eq!(mode, "delete", "a single self-contained file");
+        let mut select = conn.prepare("SELECT id FROM messages ORDER BY id")?;
+        let copied = select
+            .query_map([], |row| row.get::<_, i64>(0))?
+            .map(|id| Ok(u64::try_from(id?)?))
+            .collect::<Result<Vec<u64>>>()?;
+        let newest = *copied.last().context("an empty backup")?;
+        let expected: Vec<u64> = acked.iter().copied().filter(|id| *id <= newest).collect();
+        assert_eq!(copied, expected);
+        assert!(copied.len() < acked.len(), "taken while messages flowed");
+    }
+
+    // The last backup, put in a new data directory, is a working history.
+    let restored = tempfile::tempdir()?;
+    std::fs::copy(&backups[1], restored.path().join(schema::DB_FILE))?;
+    let server = start(restored.path(), &["--history-len", "1000"]).await?;
+    let mut reader = TestClient::connect(&server, TransportType::Websocket).await?;
+    let login = reader.join("reader").await?;
+    let newest = stored_ids(restored.path())?;
+    assert_eq!(ids(&login["history"]), newest);
+    Ok(())
+}
+
+#[tokio::test]
+async fn export_writes_a_rooms_history_as_json_lines() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), &[]).await?;
+    let mut alice = TestClient::connect(&server, TransportType::Websocket).await?;
+    alice.join("alice").await?;
+    let mut acked = Vec::new();
+    for text in ["one", "two \"quoted\"", "three\nlines"] {
+        acked.push(alice.call("new message", json!(text)).await?);
+    }
+    let data_dir = dir.path().display().to_string();
+    // While the server runs, to standard output.
+    let exited = common::run_banter(
+        &["--data-dir", &data_dir, "export"],
+        Duration::from_secs(30),
+    )
+    .await?;
+    anyhow::ensure!(exited.status.success(), "export failed: {}", exited.stderr);
+    let lines = parse_lines(&exited.stdout)?;
+    assert_eq!(lines.len(), 3);
+    for (line, ack) in lines.iter().zip(&acked) {
+        assert_eq!(line["id"], ack["id"]);
+        assert_eq!(line["ts"], ack["ts"]);
+        assert_eq!(line["username"], "alice");
+    }
+    assert_eq!(lines[2]["message"], "three\nlines");
+    server.shutdown().await?;
+
+    // Stopped, to a file; another room is empty.
+    let out = dir.path().join("lobby.jsonl");
+    let out_arg = out.display().to_string();
+    let exited = common::run_banter(
+        &[
+            "--data-dir",
+            &data_dir,
+            "export",
+            "--room",
+            "lobby",
+            "--out",
+            &out_arg,
+        ],
+        Duration::from_secs(30),
+    )
+    .await?;
+    anyhow::ensure!(exited.status.success(), "export failed: {}", exited.stderr);
+    assert_eq!(parse_lines(&std::fs::read_to_string(&out)?)?, lines);
+    let exited = common::run_banter(
+        &["--data-dir", &data_dir, "export", "--room", "elsewhere"],
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(exited.status.success() && exited.stdout.is_empty());
+
+    // No database: said plainly.
+    let empty = tempfile::tempdir()?;
+    let empty_arg = empty.path().display().to_string();
+    let exited = common::run_banter(
+        &["--data-dir", &empty_arg, "export"],
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(!exited.status.success());
+    assert!(
+        exited.stderr.contains("there is no history database"),
+        "{}",
+        exited.stderr
+    );
+    Ok(())
+}

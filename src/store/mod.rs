@@ -8,6 +8,7 @@
 mod recent;
 pub mod schema;
 mod sqlite;
+pub mod tools;
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use anyhow::Context;
 pub use sqlite::{Committed, CommittedStream, SqliteHistory, SqliteOptions, StoreHealth};
 
 use crate::chat::{History, MemoryHistory};
-use crate::config::{Config, StoreKind};
+use crate::config::{Command, Config, StoreKind};
 
 /// The history a single instance uses, chosen once at start-up.
 pub struct LocalStore {
@@ -72,4 +73,32 @@ impl LocalStore {
             store.close().await;
         }
     }
+}
+
+/// Runs a command of `banter` other than serving (`backup`, `export`).
+pub fn run_command(command: &Command, config: &Config) -> anyhow::Result<()> {
+    match command {
+        Command::Backup { path } => {
+            let report = tools::backup(&config.data_dir, path)?;
+            tracing::info!(
+                path = %report.path.display(),
+                messages = report.messages,
+                rooms = report.rooms,
+                bytes = report.bytes,
+                "backup written"
+            );
+        }
+        Command::Export { room, out } => {
+            let count = match out {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    tools::export(&config.data_dir, room, &mut std::io::BufWriter::new(file))?
+                }
+                None => tools::export(&config.data_dir, room, &mut std::io::stdout().lock())?,
+            };
+            tracing::info!(room, messages = count, "exported");
+        }
+    }
+    Ok(())
 }
