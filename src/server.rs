@@ -61,6 +61,7 @@ pub async fn run(
                 redis: None,
                 metrics_elsewhere: config.metrics_addr.is_some(),
                 history: Some(ctx.history.clone()),
+                store: store.health(),
             };
             serve_metrics(&config, &readiness).await?;
             let router = router(&config, svc, readiness, &ctx.clients);
@@ -118,6 +119,7 @@ pub async fn run(
                 redis: Some(redis.health.clone()),
                 metrics_elsewhere: config.metrics_addr.is_some(),
                 history: Some(ctx.history.clone()),
+                store: None,
             };
             serve_metrics(&config, &readiness).await?;
             let router = router(&config, svc, readiness, &ctx.clients);

@@ -14,6 +14,7 @@ use axum::routing::get;
 
 use crate::chat::{History, LOBBY};
 use crate::cluster::RedisHealth;
+use crate::store::StoreHealth;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
@@ -169,6 +170,8 @@ pub struct Readiness {
     pub metrics_elsewhere: bool,
     /// The chat's history, whose size `/metrics` reports.
     pub history: Option<Arc<dyn History>>,
+    /// Present when a single instance keeps its history in SQLite: whether it accepts writes.
+    pub store: Option<Arc<StoreHealth>>,
 }
 
 /// `GET /metrics` in the Prometheus text format.
@@ -196,13 +199,23 @@ pub fn metrics_routes(readiness: Readiness) -> Router {
     )
 }
 
-/// Readiness: serving, and Redis reachable where it is used. A load balancer sends new clients
-/// elsewhere while this says 503; existing clients keep chatting locally.
+/// Readiness: serving, Redis reachable where it is used, and the SQLite history accepting writes
+/// where it is used. A load balancer sends new clients elsewhere while this says 503; existing
+/// clients keep chatting locally (with Redis), or are refused messages (`unavailable`, SQLite).
 async fn readyz(readiness: Readiness) -> Response {
     let (status, redis) = match &readiness.redis {
         None => (StatusCode::OK, "not used"),
         Some(health) if health.is_up() => (StatusCode::OK, "up"),
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "down"),
+    };
+    let (store, store_up) = match (&readiness.redis, &readiness.store) {
+        (Some(_), _) => ("redis", None),
+        (None, Some(health)) => ("sqlite", Some(health.is_up())),
+        (None, None) => ("memory", None),
+    };
+    let status = match store_up {
+        Some(false) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => status,
     };
     let ready = status == StatusCode::OK;
     let reconnects = readiness.redis.as_ref().map(|h| h.reconnects());
@@ -213,6 +226,8 @@ async fn readyz(readiness: Readiness) -> Response {
             "status": if ready { "ready" } else { "not ready" },
             "redis": redis,
             "redisReconnects": reconnects,
+            "history": store,
+            "historyWritable": store_up,
         })),
     )
         .into_response()

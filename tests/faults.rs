@@ -195,6 +195,11 @@ async fn a_full_disk_refuses_messages_until_space_is_back_and_acks_only_what_it_
         }
     }
     assert!(refused >= 3, "nothing was refused on a full disk");
+    let ready = reqwest::get(format!("{}/readyz", server.url)).await?;
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await?;
+    assert_eq!(ready["history"], "sqlite");
+    assert_eq!(ready["historyWritable"], false);
 
     std::fs::remove_file(&filler)?;
     let mut back = None;
@@ -206,6 +211,8 @@ async fn a_full_disk_refuses_messages_until_space_is_back_and_acks_only_what_it_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     acked.push(back.context("messages still refused once space was back")?);
+    let ready = reqwest::get(format!("{}/readyz", server.url)).await?;
+    assert_eq!(ready.status(), 200);
 
     // Bob received exactly the stored messages, in order; nothing refused reached him.
     assert_eq!(received_ids(&mut bob).await, acked);
