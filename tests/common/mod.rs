@@ -340,9 +340,30 @@ pub struct TestRedis {
     /// Whether the server speaks TLS (then `url` is rediss://).
     tls: bool,
     password: Option<String>,
+    /// Where an append-only file is kept across restarts (`start_with_aof`).
+    _aof_dir: Option<tempfile::TempDir>,
 }
 
 impl TestRedis {
+    /// Starts a Redis with AOF persistence (`appendfsync always`) in a directory of its own that
+    /// outlives `restart`: what it acknowledged survives a kill -9.
+    pub async fn start_with_aof() -> Result<Option<Self>> {
+        let dir = tempfile::tempdir()?;
+        let args = vec![
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            "always".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+        ];
+        let redis = Self::start_with(args, false, None).await?;
+        Ok(redis.map(|r| Self {
+            _aof_dir: Some(dir),
+            ..r
+        }))
+    }
+
     /// Starts a plain Redis, or returns `None` (after `skip_or_fail`) when redis-server is absent.
     pub async fn start() -> Result<Option<Self>> {
         Self::start_with(Vec::new(), false, None).await
@@ -382,6 +403,7 @@ impl TestRedis {
             child: None,
             tls,
             password,
+            _aof_dir: None,
         };
         redis.spawn().await?;
         Ok(Some(redis))
