@@ -647,6 +647,23 @@ impl BanterProcess {
         .context("banter did not start")??;
         // Keep reading its output: a full pipe would block the server's next write.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // It prints the line once bound, then opens its stores (Redis, the SQLite history) and
+        // only then answers: started means answering.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(res) = reqwest::get(format!("{url}/healthz")).await
+                && res.status().is_success()
+            {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("banter exited ({status}) before it answered");
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("banter did not answer /healthz within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(Self {
             url,
             child,
