@@ -298,8 +298,13 @@ impl Config {
                 "--instance-timeout-ms must be at least 1000 (instances heart-beat every 500 ms)"
             );
         }
-        if self.retain_messages < self.history_len as u64 {
-            bail!("--retain-messages must be at least --history-len (what a join is sent)");
+        let sqlite = self.store == StoreKind::Sqlite && self.redis_url().is_none();
+        if sqlite && self.retain_messages < self.history_len as u64 {
+            bail!(
+                "--retain-messages ({}) must be at least --history-len ({}): a join is sent that many",
+                self.retain_messages,
+                self.history_len
+            );
         }
         if self.retain_days > MAX_RETAIN_DAYS {
             bail!("--retain-days must be at most {MAX_RETAIN_DAYS} (0 for no age limit)");
@@ -396,5 +401,37 @@ mod tests {
         assert!(Config::try_parse_from(["banter", "--trusted-proxies", "10.0.0.0/40"]).is_err());
         let c = Config::parse_from(["banter", "--connect-rate-per-ip=-1"]);
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn retention_must_cover_what_a_join_is_sent_only_where_it_applies() {
+        let c = Config::parse_from(["banter", "--history-len", "20000"]);
+        assert!(c.validate().is_err(), "SQLite keeps 10,000 by default");
+        let c = Config::parse_from([
+            "banter",
+            "--history-len",
+            "20000",
+            "--retain-messages",
+            "20000",
+        ]);
+        c.validate().unwrap();
+        let c = Config::parse_from(["banter", "--history-len", "20000", "--store", "memory"]);
+        c.validate().unwrap();
+        let c = Config::parse_from([
+            "banter",
+            "--history-len",
+            "20000",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ]);
+        c.validate().unwrap();
+        assert_eq!(
+            Config::parse_from(["banter"]).retain_age(),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(
+            Config::parse_from(["banter", "--retain-days", "0"]).retain_age(),
+            None
+        );
     }
 }
