@@ -17,9 +17,15 @@ const lines = fs.readFileSync(path.join(dir, 'results.jsonl'), 'utf8').split('\n
 const rows = lines.map((l) => JSON.parse(l));
 const meta = fs.existsSync(path.join(dir, 'meta.txt')) ? fs.readFileSync(path.join(dir, 'meta.txt'), 'utf8') : '';
 
-// banter keeps its history in SQLite (the default), banter-memory in memory.
-const SERVERS = ['banter', 'banter-memory', 'node'];
-const NAMES = { banter: 'Banter', 'banter-memory': 'Banter (memory)', node: 'Node' };
+// banter keeps its history in SQLite (the default), banter-memory in memory, banter-sync-normal
+// in SQLite synced at checkpoints only.
+const SERVERS = ['banter', 'banter-sync-normal', 'banter-memory', 'node'];
+const NAMES = {
+  banter: 'Banter',
+  'banter-sync-normal': 'Banter (sync normal)',
+  'banter-memory': 'Banter (memory)',
+  node: 'Node',
+};
 // Fan-out targets (docs/performance.md).
 const P99_LIMIT_MS = 50;
 
@@ -37,7 +43,7 @@ function median(values) {
 // case -> server -> [result]
 const cases = new Map();
 for (const r of rows) {
-  if (!cases.has(r.case)) cases.set(r.case, { banter: [], 'banter-memory': [], node: [] });
+  if (!cases.has(r.case)) cases.set(r.case, Object.fromEntries(SERVERS.map((s) => [s, []])));
   const c = cases.get(r.case);
   (c[r.server] = c[r.server] || []).push({ ...r.result, server_warnings: r.server_warnings || 0 });
 }
@@ -153,25 +159,29 @@ const wsCases = fanoutSection('websocket') || [];
 fanoutSection('polling');
 
 // The cost of the durable history: Banter with SQLite against Banter in memory, same run.
-const storeCases = byPrefix('fanout-websocket-').filter(
-  (c) => med(c, 'banter', 'delivered_per_s') != null && med(c, 'banter-memory', 'delivered_per_s') != null,
-);
-if (storeCases.length) {
-  out.push('## SQLite history against in memory (Banter, fan-out over WebSocket)');
+for (const sqlite of ['banter', 'banter-sync-normal']) {
+  storeSection(sqlite);
+}
+function storeSection(sqlite) {
+  const storeCases = byPrefix('fanout-websocket-').filter(
+    (c) => med(c, sqlite, 'delivered_per_s') != null && med(c, 'banter-memory', 'delivered_per_s') != null,
+  );
+  if (!storeCases.length) return;
+  out.push(`## ${NAMES[sqlite]}: SQLite history against in memory (fan-out over WebSocket)`);
   out.push('');
   out.push('Targets: delivered/s within 10% of in memory; p50 added under 0.5 ms at 100,000 deliveries/s.');
   out.push('');
   out.push('| offered/s | delivered/s SQLite / memory | p50 ms SQLite / memory (added) | p99 ms SQLite / memory | server CPU µs/delivery SQLite / memory | ok (S/M) |');
   out.push('|---|---|---|---|---|---|');
   for (const c of storeCases) {
-    const [ds, dm] = [med(c, 'banter', 'delivered_per_s'), med(c, 'banter-memory', 'delivered_per_s')];
-    const [ps, pm] = [med(c, 'banter', 'latency.p50_ms'), med(c, 'banter-memory', 'latency.p50_ms')];
+    const [ds, dm] = [med(c, sqlite, 'delivered_per_s'), med(c, 'banter-memory', 'delivered_per_s')];
+    const [ps, pm] = [med(c, sqlite, 'latency.p50_ms'), med(c, 'banter-memory', 'latency.p50_ms')];
     const added = ps != null && pm != null ? `${ps - pm >= 0 ? '+' : ''}${(ps - pm).toFixed(2)}` : '-';
     out.push(
       `| ${fmt(Number(c.split('-').pop()))} | ${fmt(ds)} / ${fmt(dm)} (${ratio(ds, dm)}) | ${fmt(ps)} / ${fmt(pm)} (${added}) | ` +
-        `${fmt(med(c, 'banter', 'latency.p99_ms'))} / ${fmt(med(c, 'banter-memory', 'latency.p99_ms'))} | ` +
-        `${fmt(med(c, 'banter', 'server_cpu_us_per_delivery'))} / ${fmt(med(c, 'banter-memory', 'server_cpu_us_per_delivery'))} | ` +
-        `${runsOk(c, 'banter')} / ${runsOk(c, 'banter-memory')} |`,
+        `${fmt(med(c, sqlite, 'latency.p99_ms'))} / ${fmt(med(c, 'banter-memory', 'latency.p99_ms'))} | ` +
+        `${fmt(med(c, sqlite, 'server_cpu_us_per_delivery'))} / ${fmt(med(c, 'banter-memory', 'server_cpu_us_per_delivery'))} | ` +
+        `${runsOk(c, sqlite)} / ${runsOk(c, 'banter-memory')} |`,
     );
   }
   out.push('');

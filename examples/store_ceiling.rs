@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use banter::chat::{History, LOBBY, MemoryHistory};
-use banter::config::StoreKind;
+use banter::config::{StoreKind, SyncMode};
 use banter::store::{SqliteHistory, SqliteOptions};
 use clap::Parser;
 
@@ -33,6 +33,9 @@ struct Args {
     /// Where the SQLite data directory is made.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// When a commit is synced (as --sqlite-sync).
+    #[arg(long, value_enum, default_value_t = SyncMode::Full)]
+    sync: SyncMode,
     /// Characters per message.
     #[arg(long, default_value_t = 60)]
     chars: usize,
@@ -54,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
                 recent_len: 100,
                 retain_messages: 10_000,
                 retain_age: None,
+                sync: args.sync,
             };
             let (store, mut committed) =
                 tokio::task::spawn_blocking(move || SqliteHistory::open(&options)).await??;

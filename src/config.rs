@@ -113,6 +113,12 @@ pub struct Config {
     #[arg(long, env = "BANTER_RETAIN_DAYS", default_value_t = 30)]
     pub retain_days: u64,
 
+    /// With SQLite: "full" syncs each commit to disk before its messages are acked (an acked
+    /// message survives a power cut); "normal" syncs at checkpoints only (it survives a crash of
+    /// the process, not of the host), for less latency per message.
+    #[arg(long, env = "BANTER_SQLITE_SYNC", value_enum, default_value_t = SyncMode::Full)]
+    pub sqlite_sync: SyncMode,
+
     /// Messages per second that one socket may send over time.
     #[arg(long, env = "BANTER_MESSAGE_RATE", default_value_t = 5.0)]
     pub message_rate: f64,
@@ -231,6 +237,18 @@ pub enum Command {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
+}
+
+/// When a SQLite commit reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// Every commit is synced before its messages are acked: an acked message survives a
+    /// crash of the process and a power cut of the host.
+    Full,
+    /// Commits are synced at checkpoints only: an acked message survives a crash of the
+    /// process (kill -9), but the last commits before a power cut or a crash of the host may be
+    /// lost (never half-written).
+    Normal,
 }
 
 /// Where a single instance keeps its history.

@@ -352,11 +352,24 @@ async fn export_writes_a_rooms_history_as_json_lines() -> Result<()> {
 
 #[tokio::test]
 async fn after_kill_9_every_acked_message_is_in_the_history_in_order_once() -> Result<()> {
+    kill_9_under_load("full").await
+}
+
+/// Synced at checkpoints only, a commit is in the operating system's cache when it is acked:
+/// that survives the process, which is what kill -9 takes.
+#[tokio::test]
+async fn with_sqlite_sync_normal_too_every_acked_message_survives_kill_9() -> Result<()> {
+    kill_9_under_load("normal").await
+}
+
+async fn kill_9_under_load(sync: &str) -> Result<()> {
     const SENDERS: usize = 8;
     const MOST_PER_SENDER: usize = 1_000;
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().display().to_string();
     let args = [
+        "--sqlite-sync",
+        sync,
         "--data-dir",
         &data_dir,
         "--message-rate",

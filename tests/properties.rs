@@ -615,6 +615,7 @@ proptest! {
             recent_len: window,
             retain_messages: window as u64 + extra_kept,
             retain_age: None,
+            sync: banter::config::SyncMode::Full,
         };
         let restart_at = restart_after.index(count + 1);
         let (sent, pages) = runtime.block_on(async {

@@ -47,6 +47,7 @@ impl LocalStore {
                     recent_len: config.history_len,
                     retain_messages: config.retain_messages,
                     retain_age: config.retain_age(),
+                    sync: config.sqlite_sync,
                 };
                 let (store, committed) =
                     tokio::task::spawn_blocking(move || SqliteHistory::open(&options))

@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
+use crate::config::SyncMode;
+
 /// The file inside the data directory.
 pub const DB_FILE: &str = "banter.db";
 
@@ -51,10 +53,16 @@ pub const MIGRATIONS: &[&str] = &[
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Opens the database with the settings every connection of Banter's uses: WAL (readers never
-/// wait for the writer, one fsync per commit), `synchronous = FULL` (a commit is on the disk
-/// when it returns, so an acked message survives a power cut, not only a crash of the process),
-/// and `wait` as the longest wait for a lock another process holds.
-pub fn open(path: &Path, create: bool, wait: Duration) -> rusqlite::Result<Connection> {
+/// wait for the writer, one fsync per commit), `synchronous = FULL` by default (a commit is on
+/// the disk when it returns, so an acked message survives a power cut, not only a crash of the
+/// process; `SyncMode::Normal` syncs at checkpoints only), and `wait` as the longest wait for a
+/// lock another process holds.
+pub fn open(
+    path: &Path,
+    create: bool,
+    wait: Duration,
+    sync: SyncMode,
+) -> rusqlite::Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -71,7 +79,11 @@ pub fn open(path: &Path, create: bool, wait: Duration) -> rusqlite::Result<Conne
             )),
         ));
     }
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    let synchronous = match sync {
+        SyncMode::Full => "FULL",
+        SyncMode::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
     Ok(conn)
 }
 
@@ -207,7 +219,7 @@ mod tests {
     fn a_new_database_gets_the_current_schema_and_a_second_start_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
-        let mut conn = open(&path, true, Duration::from_secs(1)).unwrap();
+        let mut conn = open(&path, true, Duration::from_secs(1), SyncMode::Full).unwrap();
         migrate(&path, &mut conn).unwrap();
         assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
         let created: i64 = conn
@@ -224,7 +236,7 @@ mod tests {
     fn a_newer_or_foreign_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
-        let mut conn = open(&path, true, Duration::from_secs(1)).unwrap();
+        let mut conn = open(&path, true, Duration::from_secs(1), SyncMode::Full).unwrap();
         migrate(&path, &mut conn).unwrap();
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
@@ -232,7 +244,7 @@ mod tests {
         assert!(err.contains("newer Banter"), "{err}");
 
         let other = dir.path().join("other.db");
-        let mut conn = open(&other, true, Duration::from_secs(1)).unwrap();
+        let mut conn = open(&other, true, Duration::from_secs(1), SyncMode::Full).unwrap();
         conn.execute_batch("CREATE TABLE t (x); PRAGMA user_version = 1;")
             .unwrap();
         let err = migrate(&other, &mut conn).unwrap_err().to_string();

@@ -31,6 +31,7 @@ use crate::chat::{
     Appended, ChatError, History, HistoryPage, IDS_PER_MILLI, StoreFuture, StoredMessage, next_id,
     now_millis,
 };
+use crate::config::SyncMode;
 
 /// Most messages committed in one transaction: bounds the wait of the first one in a group.
 const MAX_BATCH: usize = 1_024;
@@ -80,6 +81,8 @@ pub struct SqliteOptions {
     pub retain_messages: u64,
     /// Messages older than this are deleted; `None` keeps them (the count still bounds them).
     pub retain_age: Option<Duration>,
+    /// When a commit is synced to disk.
+    pub sync: SyncMode,
 }
 
 /// Whether the last commit worked, for readiness and for logging an outage once.
@@ -130,7 +133,7 @@ impl SqliteHistory {
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let lock = hold_directory(dir)?;
         let path = dir.join(DB_FILE);
-        let mut conn = schema::open(&path, true, START_LOCK_WAIT)
+        let mut conn = schema::open(&path, true, START_LOCK_WAIT, options.sync)
             .map_err(|err| schema::explain(&path, &err))
             .context("cannot open the history database")?;
         schema::migrate(&path, &mut conn)?;
@@ -682,6 +685,7 @@ mod tests {
             recent_len,
             retain_messages: 10_000,
             retain_age: None,
+            sync: SyncMode::Full,
         }
     }
 
