@@ -17,8 +17,16 @@ const lines = fs.readFileSync(path.join(dir, 'results.jsonl'), 'utf8').split('\n
 const rows = lines.map((l) => JSON.parse(l));
 const meta = fs.existsSync(path.join(dir, 'meta.txt')) ? fs.readFileSync(path.join(dir, 'meta.txt'), 'utf8') : '';
 
-const SERVERS = ['banter', 'node'];
-const NAMES = { banter: 'Banter', node: 'Node', floor: 'Floor' };
+// banter keeps its history in SQLite (the default), banter-memory in memory, banter-sync-normal
+// in SQLite synced at checkpoints only.
+const SERVERS = ['banter', 'banter-sync-normal', 'banter-memory', 'node'];
+const NAMES = {
+  banter: 'Banter',
+  'banter-sync-normal': 'Banter (sync normal)',
+  'banter-memory': 'Banter (memory)',
+  node: 'Node',
+  floor: 'Floor',
+};
 // Fan-out targets (docs/performance.md).
 const P99_LIMIT_MS = 50;
 
@@ -36,7 +44,7 @@ function median(values) {
 // case -> server -> [result]
 const cases = new Map();
 for (const r of rows) {
-  if (!cases.has(r.case)) cases.set(r.case, { banter: [], node: [], floor: [] });
+  if (!cases.has(r.case)) cases.set(r.case, Object.fromEntries([...SERVERS, 'floor'].map((s) => [s, []])));
   const c = cases.get(r.case);
   (c[r.server] = c[r.server] || []).push({ ...r.result, server_warnings: r.server_warnings || 0 });
 }
@@ -159,6 +167,35 @@ function fanoutSection(transport) {
 }
 const wsCases = fanoutSection('websocket') || [];
 fanoutSection('polling');
+
+// The cost of the durable history: Banter with SQLite against Banter in memory, same run.
+for (const sqlite of ['banter', 'banter-sync-normal']) {
+  storeSection(sqlite);
+}
+function storeSection(sqlite) {
+  const storeCases = byPrefix('fanout-websocket-').filter(
+    (c) => med(c, sqlite, 'delivered_per_s') != null && med(c, 'banter-memory', 'delivered_per_s') != null,
+  );
+  if (!storeCases.length) return;
+  out.push(`## ${NAMES[sqlite]}: SQLite history against in memory (fan-out over WebSocket)`);
+  out.push('');
+  out.push('Targets: delivered/s within 10% of in memory; p50 added under 0.5 ms at 100,000 deliveries/s.');
+  out.push('');
+  out.push('| offered/s | delivered/s SQLite / memory | p50 ms SQLite / memory (added) | p99 ms SQLite / memory | server CPU µs/delivery SQLite / memory | ok (S/M) |');
+  out.push('|---|---|---|---|---|---|');
+  for (const c of storeCases) {
+    const [ds, dm] = [med(c, sqlite, 'delivered_per_s'), med(c, 'banter-memory', 'delivered_per_s')];
+    const [ps, pm] = [med(c, sqlite, 'latency.p50_ms'), med(c, 'banter-memory', 'latency.p50_ms')];
+    const added = ps != null && pm != null ? `${ps - pm >= 0 ? '+' : ''}${(ps - pm).toFixed(2)}` : '-';
+    out.push(
+      `| ${fmt(Number(c.split('-').pop()))} | ${fmt(ds)} / ${fmt(dm)} (${ratio(ds, dm)}) | ${fmt(ps)} / ${fmt(pm)} (${added}) | ` +
+        `${fmt(med(c, sqlite, 'latency.p99_ms'))} / ${fmt(med(c, 'banter-memory', 'latency.p99_ms'))} | ` +
+        `${fmt(med(c, sqlite, 'server_cpu_us_per_delivery'))} / ${fmt(med(c, 'banter-memory', 'server_cpu_us_per_delivery'))} | ` +
+        `${runsOk(c, sqlite)} / ${runsOk(c, 'banter-memory')} |`,
+    );
+  }
+  out.push('');
+}
 
 // Storm.
 const stormCases = byPrefix('storm-');

@@ -5,17 +5,26 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::chat::Limits;
 use crate::clients::{AddressBounds, TrustedProxies};
 use crate::platform::Platform;
+
+const SECONDS_PER_DAY: u64 = 86_400;
+
+/// The longest age limit accepted: a hundred years (so that the arithmetic cannot overflow).
+const MAX_RETAIN_DAYS: u64 = 36_500;
 
 /// Banter: a real-time chat server that speaks Socket.IO, a drop-in for the classic Node.js chat
 /// example. Every setting can also be given in the environment variable named beside it.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "banter", version, about, max_term_width = 100)]
 pub struct Config {
+    /// Without a command, Banter serves the chat.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on. Use 0.0.0.0 (or ::) to accept connections from other machines, as a
     /// container does.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
@@ -86,9 +95,37 @@ pub struct Config {
     #[arg(long, env = "BANTER_MAX_MESSAGE_CHARS", default_value_t = 2_000)]
     pub max_message_chars: usize,
 
-    /// How many recent messages are kept per room and sent to people who join.
+    /// How many recent messages are sent to people who join, and the most a reconnecting client
+    /// catches up with `lastId`. With `--store memory` and with Redis, also all that is kept.
     #[arg(long, env = "BANTER_HISTORY_LEN", default_value_t = 100)]
     pub history_len: usize,
+
+    /// Where a single instance keeps its history: "sqlite" (a database in --data-dir that
+    /// survives restarts) or "memory" (nothing on disk; lost when the process stops). Ignored
+    /// with Redis, which keeps the history then.
+    #[arg(long, env = "BANTER_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+
+    /// The directory of the SQLite history (the file banter.db in it), created if missing. In a
+    /// container, a mounted volume; on Azure App Service, a folder under /home.
+    #[arg(long, env = "BANTER_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// With SQLite: messages kept per room. Older ones are deleted, a few hundred at a time
+    /// between commits. At least --history-len.
+    #[arg(long, env = "BANTER_RETAIN_MESSAGES", default_value_t = 10_000)]
+    pub retain_messages: u64,
+
+    /// With SQLite: days a message is kept; older ones are deleted. 0 keeps them as long as
+    /// --retain-messages allows.
+    #[arg(long, env = "BANTER_RETAIN_DAYS", default_value_t = 30)]
+    pub retain_days: u64,
+
+    /// With SQLite: "full" syncs each commit to disk before its messages are acked (an acked
+    /// message survives a power cut); "normal" syncs at checkpoints only (it survives a crash of
+    /// the process, not of the host), for less latency per message.
+    #[arg(long, env = "BANTER_SQLITE_SYNC", value_enum, default_value_t = SyncMode::Full)]
+    pub sqlite_sync: SyncMode,
 
     /// Messages per second that one socket may send over time.
     #[arg(long, env = "BANTER_MESSAGE_RATE", default_value_t = 5.0)]
@@ -189,6 +226,47 @@ pub enum Transport {
     Websocket,
 }
 
+/// What `banter` does besides serving the chat: tools for the SQLite history in --data-dir.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Copy the SQLite history to PATH, a new file, while Banter runs or not: a consistent
+    /// snapshot (SQLite's online backup), checked, in one self-contained file. To restore it,
+    /// stop Banter and put it in the data directory as banter.db.
+    Backup {
+        /// The file to write; it must not exist.
+        path: PathBuf,
+    },
+    /// Write a room's stored messages as JSON lines, oldest first, one
+    /// {"id","ts","username","message"} per line.
+    Export {
+        /// The room (the chat has one, "lobby").
+        #[arg(long, default_value = "lobby")]
+        room: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// When a SQLite commit reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// Every commit is synced before its messages are acked: an acked message survives a
+    /// crash of the process and a power cut of the host.
+    Full,
+    /// Commits are synced at checkpoints only: an acked message survives a crash of the
+    /// process (kill -9), but the last commits before a power cut or a crash of the host may be
+    /// lost (never half-written).
+    Normal,
+}
+
+/// Where a single instance keeps its history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    Sqlite,
+    Memory,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -250,6 +328,17 @@ impl Config {
                 "--instance-timeout-ms must be at least 1000 (instances heart-beat every 500 ms)"
             );
         }
+        let sqlite = self.store == StoreKind::Sqlite && self.redis_url().is_none();
+        if sqlite && self.retain_messages < self.history_len as u64 {
+            bail!(
+                "--retain-messages ({}) must be at least --history-len ({}): a join is sent that many",
+                self.retain_messages,
+                self.history_len
+            );
+        }
+        if self.retain_days > MAX_RETAIN_DAYS {
+            bail!("--retain-days must be at most {MAX_RETAIN_DAYS} (0 for no age limit)");
+        }
         if let Some(urls) = self.redis_url()
             && urls
                 .split(',')
@@ -280,6 +369,11 @@ impl Config {
             Some(setting) => setting.clone(),
             None => platform.default_trusted_proxies(),
         }
+    }
+
+    /// The age limit of the SQLite history, if any.
+    pub fn retain_age(&self) -> Option<Duration> {
+        (self.retain_days > 0).then(|| Duration::from_secs(self.retain_days * SECONDS_PER_DAY))
     }
 
     pub fn instance_timeout(&self) -> Duration {
@@ -420,5 +514,37 @@ mod tests {
             );
             assert_eq!(t.to_string(), "none");
         }
+    }
+
+    #[test]
+    fn retention_must_cover_what_a_join_is_sent_only_where_it_applies() {
+        let c = Config::parse_from(["banter", "--history-len", "20000"]);
+        assert!(c.validate().is_err(), "SQLite keeps 10,000 by default");
+        let c = Config::parse_from([
+            "banter",
+            "--history-len",
+            "20000",
+            "--retain-messages",
+            "20000",
+        ]);
+        c.validate().unwrap();
+        let c = Config::parse_from(["banter", "--history-len", "20000", "--store", "memory"]);
+        c.validate().unwrap();
+        let c = Config::parse_from([
+            "banter",
+            "--history-len",
+            "20000",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ]);
+        c.validate().unwrap();
+        assert_eq!(
+            Config::parse_from(["banter"]).retain_age(),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(
+            Config::parse_from(["banter", "--retain-days", "0"]).retain_age(),
+            None
+        );
     }
 }

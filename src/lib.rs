@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod serve;
 pub mod server;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod web;

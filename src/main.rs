@@ -1,4 +1,5 @@
-//! The `banter` binary: parse settings, start logging, bind, serve until a signal.
+//! The `banter` binary: parse settings, start logging, then either run a command on the history
+//! (`backup`, `export`) or bind and serve until a signal.
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,6 +10,9 @@ async fn main() -> anyhow::Result<()> {
     let config = banter::Config::parse();
     config.validate()?;
     banter::telemetry::init(config.log_format);
+    if let Some(command) = &config.command {
+        return banter::store::run_command(command, &config);
+    }
 
     let listener = TcpListener::bind((config.host, config.port))
         .await

@@ -246,7 +246,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP banter_message_seconds From a message's arrival to its broadcast."
+            "# HELP banter_message_seconds From a message's arrival to its ack (stored, or broadcast)."
         );
         let _ = writeln!(out, "# TYPE banter_message_seconds histogram");
         let mut cumulative = 0;

@@ -1,6 +1,7 @@
 //! Assembles the service (page, client bundle, health, Socket.IO) and serves it on a listener
 //! until shutdown. The stores and the broadcast adapter are chosen here, once: in-process by
-//! default, Redis when a Redis URL is set. Everything else is the same code.
+//! default (the history in SQLite or in memory, `crate::store`), Redis when a Redis URL is set.
+//! Everything else is the same code.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,12 +18,13 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower_http::trace::TraceLayer;
 
-use crate::chat::{Change, History, LOBBY, MemoryHistory, MemoryPresence, Presence};
+use crate::chat::{Change, History, LOBBY, MemoryPresence, Presence};
 use crate::clients::{self, AddressLimits};
 use crate::cluster::{self, RedisAdapter, RedisStore};
 use crate::config::{Config, Transport};
 use crate::gateway::{self, ChatContext, ChatSettings, Gateway};
 use crate::guard;
+use crate::store::{CommittedStream, LocalStore};
 use crate::web::{self, Readiness};
 
 /// How often an instance tells Redis it is alive.
@@ -53,10 +55,11 @@ pub async fn run(
     let (changes_tx, changes) = mpsc::unbounded_channel::<Change>();
     match config.redis_url() {
         None => {
+            let mut store = LocalStore::open(&config).await?;
             let ctx = context(
                 &config,
                 Arc::new(MemoryPresence::publishing(changes_tx)),
-                Arc::new(MemoryHistory::new(config.history_len)),
+                store.history.clone(),
             );
             let ns = io.namespace("/", Gateway::new(ctx.clone()));
             let readiness = Readiness {
@@ -64,15 +67,18 @@ pub async fn run(
                 metrics_elsewhere: config.metrics_addr.is_some(),
                 history: Some(ctx.history.clone()),
                 trusted_proxies: config.effective_trusted_proxies(),
+                store: store.health(),
             };
             serve_metrics(&config, &readiness).await?;
             let router = router(&config, io.clone(), readiness, &ctx.clients);
-            let announce = gateway::announce_forever(changes, ns, config.announce_window());
-            let reap = reap_forever(ctx, reap_interval(&config));
+            let announce = gateway::announce_forever(changes, Arc::clone(&ns), config.announce_window());
+            let local = local_forever(ctx, ns, reap_interval(&config), store.committed.take());
             let background = tokio::spawn(async move {
-                tokio::join!(announce, reap);
+                tokio::join!(announce, local);
             });
-            serve(listener, &config, router, io, shutdown, background, None).await
+            let served = serve(listener, &config, router, io, shutdown, background, None).await;
+            store.close().await;
+            served
         }
         Some(url) => {
             let options = cluster::RedisOptions {
@@ -121,6 +127,7 @@ pub async fn run(
                 metrics_elsewhere: config.metrics_addr.is_some(),
                 history: Some(ctx.history.clone()),
                 trusted_proxies: config.effective_trusted_proxies(),
+                store: None,
             };
             serve_metrics(&config, &readiness).await?;
             let router = router(&config, io.clone(), readiness, &ctx.clients);
@@ -363,13 +370,38 @@ fn reap_interval(config: &Config) -> Duration {
     (config.reconnect_grace() / 10).clamp(Duration::from_millis(50), Duration::from_millis(500))
 }
 
-/// Ends grace periods, for as long as the server runs.
-async fn reap_forever(ctx: ChatContext, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        gateway::reap(&ctx).await;
+/// A single instance's duties, for as long as it runs: end grace periods, and deliver the
+/// messages that the store committed (SQLite), in the order it committed them.
+async fn local_forever(
+    ctx: ChatContext,
+    ns: Arc<Namespace>,
+    every: Duration,
+    committed: Option<CommittedStream>,
+) {
+    let reap = async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            gateway::reap(&ctx).await;
+        }
+    };
+    match committed {
+        Some(committed) => {
+            tokio::join!(reap, deliver_committed(ns, committed));
+        }
+        None => reap.await,
+    }
+}
+
+/// The delivery hook of the SQLite store: each committed message goes to this instance's
+/// sockets in its room (except the sender), group after group, so every client receives a
+/// room's messages in id order. The sender's ack comes from the store itself, after the commit.
+async fn deliver_committed(ns: Arc<Namespace>, mut committed: CommittedStream) {
+    while let Some(group) = committed.recv().await {
+        for c in &group {
+            gateway::deliver_published(&ns, &c.room, &c.sender, &c.message);
+        }
     }
 }
 

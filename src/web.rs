@@ -12,6 +12,7 @@ use axum::routing::get;
 use crate::chat::{History, LOBBY};
 use crate::clients::TrustedProxies;
 use crate::cluster::RedisHealth;
+use crate::store::StoreHealth;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
@@ -142,6 +143,8 @@ pub struct Readiness {
     /// The proxies whose forwarding headers are believed, which `/readyz` reports so that an
     /// operator can check them through the proxy itself.
     pub trusted_proxies: TrustedProxies,
+    /// Present when a single instance keeps its history in SQLite: whether it accepts writes.
+    pub store: Option<Arc<StoreHealth>>,
 }
 
 /// `GET /metrics` in the Prometheus text format.
@@ -169,13 +172,23 @@ pub fn metrics_routes(readiness: Readiness) -> Router {
     )
 }
 
-/// Readiness: serving, and Redis reachable where it is used. A load balancer sends new clients
-/// elsewhere while this says 503; existing clients keep chatting locally.
+/// Readiness: serving, Redis reachable where it is used, and the SQLite history accepting writes
+/// where it is used. A load balancer sends new clients elsewhere while this says 503; existing
+/// clients keep chatting locally (with Redis), or are refused messages (`unavailable`, SQLite).
 async fn readyz(readiness: Readiness) -> Response {
     let (status, redis) = match &readiness.redis {
         None => (StatusCode::OK, "not used"),
         Some(health) if health.is_up() => (StatusCode::OK, "up"),
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "down"),
+    };
+    let (store, store_up) = match (&readiness.redis, &readiness.store) {
+        (Some(_), _) => ("redis", None),
+        (None, Some(health)) => ("sqlite", Some(health.is_up())),
+        (None, None) => ("memory", None),
+    };
+    let status = match store_up {
+        Some(false) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => status,
     };
     let ready = status == StatusCode::OK;
     let reconnects = readiness.redis.as_ref().map(|h| h.reconnects());
@@ -186,6 +199,8 @@ async fn readyz(readiness: Readiness) -> Response {
             "status": if ready { "ready" } else { "not ready" },
             "redis": redis,
             "redisReconnects": reconnects,
+            "history": store,
+            "historyWritable": store_up,
             "trustedProxies": {
                 "source": readiness.trusted_proxies.source().as_str(),
                 "networks": readiness

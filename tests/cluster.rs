@@ -342,3 +342,66 @@ async fn a_redis_cluster_with_sharded_pub_sub_is_one_chat() -> Result<()> {
     assert_eq!(ids(&login["history"]), vec![missed]);
     Ok(())
 }
+
+/// Sends `texts` from `client`; returns their acks' ids.
+async fn send_all(client: &TestClient, texts: &[&str]) -> Result<Vec<Value>> {
+    let mut ids = Vec::new();
+    for text in texts {
+        let ack = client.call("new message", json!(text)).await?;
+        if !ack["id"].is_u64() {
+            bail!("refused: {ack}");
+        }
+        ids.push(ack["id"].clone());
+    }
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn with_redis_the_history_survives_every_banter_restart() -> Result<()> {
+    let Some(redis) = TestRedis::start().await? else {
+        return Ok(());
+    };
+    let mut first = instances(1, &redis.url(), &[]).await?;
+    let mut alice = TestClient::connect(&first[0].server(), TransportType::Websocket).await?;
+    alice.join("alice").await?;
+    let seen = send_all(&alice, &["seen"]).await?;
+    let missed = send_all(&alice, &["one", "two"]).await?;
+    first[0].kill9().await?;
+
+    let second = instances(1, &redis.url(), &[]).await?;
+    let back = TestClient::connect(&second[0].server(), TransportType::Websocket).await?;
+    let login = back
+        .call("add user", json!({"username": "bob", "lastId": seen[0]}))
+        .await?;
+    assert_eq!(ids(&login["history"]), missed);
+    assert_eq!(login["historyComplete"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_aof_the_history_survives_a_redis_restart() -> Result<()> {
+    let Some(mut redis) = TestRedis::start_with_aof().await? else {
+        return Ok(());
+    };
+    let nodes = instances(1, &redis.url(), &[]).await?;
+    let server = nodes[0].server();
+    let mut alice = TestClient::connect(&server, TransportType::Websocket).await?;
+    alice.join("alice").await?;
+    let seen = send_all(&alice, &["seen"]).await?;
+    let missed = send_all(&alice, &["one", "two"]).await?;
+
+    // A crash of Redis (SIGKILL): only what its append-only file holds comes back.
+    redis.stop().await?;
+    wait_ready(&server.url, false).await?;
+    redis.restart().await?;
+    wait_ready(&server.url, true).await?;
+    let back = TestClient::connect(&server, TransportType::Websocket).await?;
+    let login = back
+        .call("add user", json!({"username": "bob", "lastId": seen[0]}))
+        .await?;
+    assert_eq!(ids(&login["history"]), missed);
+    assert_eq!(login["historyComplete"], true);
+    let after = send_all(&back, &["after"]).await?;
+    assert!(after[0].as_u64() > missed[1].as_u64());
+    Ok(())
+}

@@ -9,7 +9,8 @@
 // server's output and the pages' console errors appended to the error.
 
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, afterEach, before, test } from 'node:test';
@@ -55,7 +56,9 @@ export const PHONE = {
 // Servers
 
 const liveServers = new Set();
+const dataDirs = new Set(); // temporary data directories of the servers, removed at exit
 process.on('exit', () => {
+  for (const dir of dataDirs) rmSync(dir, { recursive: true, force: true });
   for (const server of liveServers) {
     try {
       server.proc.kill('SIGKILL');
@@ -74,6 +77,11 @@ function spawnServer(env, port) {
     throw new Error(`Banter binary not found at ${BANTER_BIN}: run "cargo build --bins" or set BANTER_BIN`);
   }
   const settings = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)]));
+  // Its SQLite history goes to a temporary directory, removed when the tests end.
+  if (settings.BANTER_DATA_DIR === undefined) {
+    settings.BANTER_DATA_DIR = mkdtempSync(path.join(os.tmpdir(), 'banter-data-'));
+    dataDirs.add(settings.BANTER_DATA_DIR);
+  }
   const proc = spawn(BANTER_BIN, [], {
     cwd: repoRoot,
     env: { ...process.env, NO_COLOR: '1', RUST_LOG: 'info', ...settings, HOST: '127.0.0.1', PORT: String(port) },

@@ -30,6 +30,8 @@ pub struct TestServer {
     pub url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<()>>>,
+    /// The data directory of its SQLite history, when the test did not give one; removed on drop.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -38,8 +40,19 @@ impl TestServer {
     }
 
     /// Starts a server with flags as on the command line, e.g. `["--message-burst", "3"]`.
+    /// Unless the flags name a `--data-dir`, the history goes to a temporary one.
     pub async fn with_args(args: &[&str]) -> Result<Self> {
-        let config = Config::try_parse_from(std::iter::once("banter").chain(args.iter().copied()))?;
+        let data = match args.contains(&"--data-dir") {
+            true => None,
+            false => Some(tempfile::tempdir()?),
+        };
+        let data_arg = data.as_ref().map(|d| d.path().display().to_string());
+        let data_args = data_arg.iter().flat_map(|d| ["--data-dir", d.as_str()]);
+        let config = Config::try_parse_from(
+            std::iter::once("banter")
+                .chain(args.iter().copied())
+                .chain(data_args),
+        )?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -52,6 +65,7 @@ impl TestServer {
             url: format!("http://{addr}"),
             stop: Some(stop),
             task: Some(task),
+            _data: data,
         })
     }
 
@@ -65,6 +79,7 @@ impl TestServer {
             url: url.to_owned(),
             stop: None,
             task: None,
+            _data: None,
         }
     }
 
@@ -325,9 +340,30 @@ pub struct TestRedis {
     /// Whether the server speaks TLS (then `url` is rediss://).
     tls: bool,
     password: Option<String>,
+    /// Where an append-only file is kept across restarts (`start_with_aof`).
+    _aof_dir: Option<tempfile::TempDir>,
 }
 
 impl TestRedis {
+    /// Starts a Redis with AOF persistence (`appendfsync always`) in a directory of its own that
+    /// outlives `restart`: what it acknowledged survives a kill -9.
+    pub async fn start_with_aof() -> Result<Option<Self>> {
+        let dir = tempfile::tempdir()?;
+        let args = vec![
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            "always".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+        ];
+        let redis = Self::start_with(args, false, None).await?;
+        Ok(redis.map(|r| Self {
+            _aof_dir: Some(dir),
+            ..r
+        }))
+    }
+
     /// Starts a plain Redis, or returns `None` (after `skip_or_fail`) when redis-server is absent.
     pub async fn start() -> Result<Option<Self>> {
         Self::start_with(Vec::new(), false, None).await
@@ -367,6 +403,7 @@ impl TestRedis {
             child: None,
             tls,
             password,
+            _aof_dir: None,
         };
         redis.spawn().await?;
         Ok(Some(redis))
@@ -544,6 +581,50 @@ pub struct BanterProcess {
     child: tokio::process::Child,
     /// Its stderr so far, when started with [`BanterProcess::start_logged`].
     log: Option<std::sync::Arc<std::sync::Mutex<String>>>,
+    /// Its data directory, when the test did not give one; removed on drop.
+    _data: Option<tempfile::TempDir>,
+}
+
+/// A `banter` command line as a test runs it: on a free port, never the machine's Redis, and
+/// with a temporary data directory unless `args` names one.
+fn banter_command(args: &[&str]) -> Result<(tokio::process::Command, Option<tempfile::TempDir>)> {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter"));
+    command
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("NO_COLOR", "1")
+        .env_remove("REDIS_URL")
+        .args(args)
+        .kill_on_drop(true);
+    let data = match args.contains(&"--data-dir") {
+        true => None,
+        false => Some(tempfile::tempdir()?),
+    };
+    if let Some(dir) = &data {
+        command.env("BANTER_DATA_DIR", dir.path());
+    }
+    Ok((command, data))
+}
+
+/// What a `banter` run that was expected to stop by itself left: its exit status and output.
+pub struct Exited {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `banter` with `args` until it exits by itself (a start-up refusal, or a command such as
+/// `backup`), for at most `within`.
+pub async fn run_banter(args: &[&str], within: Duration) -> Result<Exited> {
+    let (mut command, _data) = banter_command(args)?;
+    let out = tokio::time::timeout(within, command.output())
+        .await
+        .with_context(|| format!("banter {args:?} still running after {within:?}"))??;
+    Ok(Exited {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }
 
 /// Variables of the test's own environment that would change what Banter trusts: a logged
@@ -567,14 +648,8 @@ impl BanterProcess {
 
     async fn spawn(args: &[&str], env: &[(&str, &str)], logged: bool) -> Result<Self> {
         use tokio::io::AsyncBufReadExt;
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter"));
-        command
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env_remove("REDIS_URL")
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true);
+        let (mut command, data) = banter_command(args)?;
+        command.stdout(std::process::Stdio::piped());
         if logged {
             for name in PLATFORM_VARS {
                 command.env_remove(name);
@@ -613,7 +688,31 @@ impl BanterProcess {
         })
         .await
         .context("banter did not start")??;
-        Ok(Self { url, child, log })
+        // Keep reading its output: a full pipe would block the server's next write.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // It prints the line once bound, then opens its stores (Redis, the SQLite history) and
+        // only then answers: started means answering.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(res) = reqwest::get(format!("{url}/healthz")).await
+                && res.status().is_success()
+            {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("banter exited ({status}) before it answered");
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("banter did not answer /healthz within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            url,
+            child,
+            log,
+            _data: data,
+        })
     }
 
     /// Its log so far (empty unless started with [`Self::start_logged`]).
@@ -637,6 +736,23 @@ impl BanterProcess {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The process id, to signal it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for the exit status (as `docker stop` would).
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await??)
     }
 
     pub fn server(&self) -> TestServer {
@@ -786,4 +902,72 @@ fn rand_u16() -> u16 {
             .as_nanos(),
     );
     h.finish() as u16
+}
+
+/// A small tmpfs mounted by the test (as root), to make a full disk or a read-only file system;
+/// unmounted on drop. `None` (after `skip_or_fail`) where mounting is not allowed.
+pub struct TmpfsMount {
+    pub path: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl TmpfsMount {
+    pub fn new(size_kib: u64, read_only: bool) -> Result<Option<Self>> {
+        let parent = tempfile::tempdir()?;
+        let path = parent.path().join("mnt");
+        std::fs::create_dir(&path)?;
+        let mut options = format!("size={size_kib}k,mode=0777");
+        if read_only {
+            options.push_str(",ro");
+        }
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(&path)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Ok(Some(Self {
+                path,
+                _parent: parent,
+            })),
+            Ok(out) => {
+                skip_or_fail(&format!(
+                    "cannot mount a tmpfs (needs root): {}; disk-full and read-only tests did not run",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+                Ok(None)
+            }
+            Err(err) => {
+                skip_or_fail(&format!(
+                    "cannot run mount ({err}); disk-full and read-only tests did not run"
+                ));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes a file that takes all the space left; returns its path.
+    pub fn fill(&self) -> Result<PathBuf> {
+        use std::io::Write;
+        let path = self.path.join("filler");
+        let mut file = std::fs::File::create(&path)?;
+        let chunk = vec![0u8; 4096];
+        loop {
+            match file.write_all(&chunk) {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let _ = file.sync_all();
+        Ok(path)
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
 }

@@ -21,6 +21,7 @@ import {
   sleep,
   startServer,
   stopAllServers,
+  tempDataDir,
   withTimeout,
 } from './harness.mjs';
 
@@ -286,12 +287,43 @@ describe('history (BANTER_HISTORY_LEN=5)', () => {
   });
 });
 
-describe('message ids across a server restart', () => {
+describe('history across a server restart', () => {
   afterEach(cleanup);
   after(stopAllServers);
 
-  it('ids keep increasing after a restart, and a lastId from before the restart gives historyComplete false', async () => {
-    const first = await startServer({}, { perTest: true });
+  it('on the same data directory (SQLite, the default): history, ids and lastId carry on as if nothing happened', async () => {
+    const BANTER_DATA_DIR = tempDataDir();
+    const first = await startServer({ BANTER_DATA_DIR }, { perTest: true });
+    const alice = await connect(first.url, { label: 'alice' });
+    await joinOk(alice, 'alice');
+    const seen = await sendOk(alice, 'seen before the restart');
+    const missed = [await sendOk(alice, 'sent after alice last read')];
+    alice.disconnect();
+    const exit = await first.stop();
+    assert.equal(exit.code, 0, `exit status 0 on SIGTERM: ${JSON.stringify(exit)}`);
+
+    const second = await startServer({ BANTER_DATA_DIR }, { perTest: true });
+    const bob = await connect(second.url, { label: 'bob' });
+    const login = await joinOk(bob, 'bob');
+    assert.deepEqual(
+      login.history.map((m) => m.id),
+      [seen.id, missed[0].id],
+    );
+    assert.equal(login.historyComplete, true);
+    missed.push(await sendOk(bob, 'after the restart'));
+    assert.ok(missed[1].id > missed[0].id, `${missed[1].id} > ${missed[0].id}`);
+
+    const alice2 = await connect(second.url, { label: 'alice again' });
+    const res = await joinOk(alice2, { username: 'alice', lastId: seen.id });
+    assert.deepEqual(
+      res.history.map((m) => m.id),
+      missed.map((m) => m.id),
+    );
+    assert.equal(res.historyComplete, true);
+  });
+
+  it('with BANTER_STORE=memory: ids keep increasing, and a lastId from before the restart gives historyComplete false', async () => {
+    const first = await startServer({ BANTER_STORE: 'memory' }, { perTest: true });
     const alice = await connect(first.url, { label: 'alice' });
     await joinOk(alice, 'alice');
     const before = await sendOk(alice, 'before the restart');
@@ -299,7 +331,7 @@ describe('message ids across a server restart', () => {
     const exit = await first.stop();
     assert.equal(exit.code, 0, `exit status 0 on SIGTERM: ${JSON.stringify(exit)}`);
 
-    const second = await startServer({}, { perTest: true });
+    const second = await startServer({ BANTER_STORE: 'memory' }, { perTest: true });
     const bob = await connect(second.url, { label: 'bob' });
     await joinOk(bob, 'bob');
     const afterRestart = await sendOk(bob, 'after the restart');

@@ -9,7 +9,8 @@
 //   and cleanup() closes them all: call it from afterEach (or use serverPerTest()).
 
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, afterEach, before, beforeEach } from 'node:test';
@@ -86,6 +87,15 @@ export async function stopAllServers() {
   await Promise.all([...liveServers].map((s) => s.stop()));
 }
 
+const dataDirs = new Set(); // temporary data directories made here, removed at exit
+
+/** A new empty directory for a server's SQLite history, removed when the test process exits. */
+export function tempDataDir() {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'banter-data-'));
+  dataDirs.add(dir);
+  return dir;
+}
+
 process.on('exit', () => {
   for (const s of liveServers) {
     try {
@@ -94,6 +104,7 @@ process.on('exit', () => {
       // gone
     }
   }
+  for (const dir of dataDirs) rmSync(dir, { recursive: true, force: true });
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -115,7 +126,9 @@ function excerpt(head, rest, n = 3000) {
 }
 
 /**
- * Start Banter with HOST=127.0.0.1 PORT=0 and the given extra settings.
+ * Start Banter with HOST=127.0.0.1 PORT=0 and the given extra settings. Its SQLite history goes
+ * to a new temporary directory unless `env` sets BANTER_DATA_DIR (pass the same one to a second
+ * server to restart on the same history).
  * Resolves to {url, proc, stop(), output()}; stop() sends SIGTERM (SIGKILL after 5 s) and resolves
  * to {code, signal}. With {perTest: true} the server is stopped by the next cleanup().
  */
@@ -124,6 +137,7 @@ export async function startServer(env = {}, { perTest = false } = {}) {
     throw new Error(`Banter binary not found at ${BANTER_BIN} (run "cargo build" or set BANTER_BIN)`);
   }
   const settings = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)]));
+  settings.BANTER_DATA_DIR ??= tempDataDir();
   const proc = spawn(BANTER_BIN, [], {
     cwd: repoRoot,
     env: { ...process.env, NO_COLOR: '1', ...settings, HOST: '127.0.0.1', PORT: '0' },
