@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use banter::chat::{History, LOBBY, MemoryHistory};
+use banter::chat::{History, LOBBY};
 use banter::config::{StoreKind, SyncMode};
+use banter::store::MemoryHistory;
 use banter::store::{SqliteHistory, SqliteOptions};
 use clap::Parser;
 

@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 async fn main() -> anyhow::Result<()> {
     let config = banter::Config::parse();
     config.validate()?;
-    banter::telemetry::init(config.log_format);
+    banter::ops::telemetry::init(config.log_format);
     if let Some(command) = &config.command {
-        return banter::store::run_command(command, &config);
+        return banter::commands::run(command, &config);
     }
 
     let listener = TcpListener::bind((config.host, config.port))
@@ -29,5 +29,5 @@ async fn main() -> anyhow::Result<()> {
     println!("banter listening on {scheme}://{addr}");
     tracing::info!(%addr, "listening");
 
-    banter::server::run(listener, config, banter::shutdown::signal()).await
+    banter::server::run(listener, config, banter::ops::shutdown::signal()).await
 }

@@ -1,39 +1,30 @@
-//! Assembles the service (page, client bundle, health, Socket.IO) and serves it on a listener
-//! until shutdown. The stores and the broadcast adapter are chosen here, once: in-process by
-//! default (the history in SQLite or in memory, `crate::store`), Redis when a Redis URL is set.
-//! Everything else is the same code.
+//! Assembles the service and serves it on a listener until shutdown. The stores are chosen here,
+//! once: in-process by default (presence in memory, history in SQLite or in memory), Redis when a
+//! Redis URL is set (and with it the engine's adapter to the other instances). Everything else is
+//! the same code: the gateway on the engine, behind the HTTP layer.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::body::Body;
-use axum::extract::Request;
-use axum::routing::any;
 use axum::serve::ListenerExt;
-use banter_engine::socketio::{Namespace, SocketIo};
+use banter_engine::socketio::SocketIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tower_http::trace::TraceLayer;
 
-use crate::chat::{Change, History, LOBBY, MemoryPresence, Presence};
-use crate::clients::{self, AddressLimits};
-use crate::cluster::{self, RedisAdapter, RedisStore};
+use crate::chat::{Change, History, LOBBY, Presence};
 use crate::config::{Config, Transport};
-use crate::gateway::{self, ChatContext, ChatSettings, Gateway};
-use crate::guard;
-use crate::store::{CommittedStream, LocalStore};
-use crate::web::{self, Readiness};
-
-/// How often an instance tells Redis it is alive.
-const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+use crate::gateway::{self, ChatContext, ChatSettings, Cluster, Gateway, RedisAdapter};
+use crate::http::clients::AddressLimits;
+use crate::http::routes::Readiness;
+use crate::store::redis::{self, RedisStore};
+use crate::store::{LocalStore, MemoryPresence};
 
 /// How many published messages may wait for local delivery before the newest are dropped.
 const MESSAGE_STREAM_BUFFER: usize = 65_536;
 
-/// How many broadcasts of other instances may wait for local delivery.
+/// How many broadcasts (or presence changes) of other instances may wait for local delivery.
 const OPS_STREAM_BUFFER: usize = 65_536;
 
 /// Binary attachments one packet may announce (the chat takes none, and refuses them).
@@ -49,30 +40,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    crate::advice::at_startup(&config, listener.local_addr().ok());
+    crate::http::advice::at_startup(&config, listener.local_addr().ok());
     let io = SocketIo::new(engine_config(&config));
     // Presence changes, in version order, from the store to the announcements.
     let (changes_tx, changes) = mpsc::unbounded_channel::<Change>();
     match config.redis_url() {
         None => {
-            let mut store = LocalStore::open(&config).await?;
+            let mut store = LocalStore::open(&config.store_options()).await?;
             let ctx = context(
                 &config,
                 Arc::new(MemoryPresence::publishing(changes_tx)),
                 store.history.clone(),
             );
             let ns = io.namespace("/", Gateway::new(ctx.clone()));
-            let readiness = Readiness {
-                redis: None,
-                metrics_elsewhere: config.metrics_addr.is_some(),
-                history: Some(ctx.history.clone()),
-                trusted_proxies: config.effective_trusted_proxies(),
-                store: store.health(),
-            };
-            serve_metrics(&config, &readiness).await?;
-            let router = router(&config, io.clone(), readiness, &ctx.clients);
-            let announce = gateway::announce_forever(changes, Arc::clone(&ns), config.announce_window());
-            let local = local_forever(ctx, ns, reap_interval(&config), store.committed.take());
+            let readiness = readiness(&config, &ctx, None, store.health());
+            crate::http::serve_metrics(&config, &readiness).await?;
+            let router = crate::http::router(&config, io.clone(), readiness, &ctx.clients);
+            let announce =
+                gateway::announce_forever(changes, Arc::clone(&ns), config.announce_window());
+            let local = gateway::local_forever(ctx, ns, store.committed.take());
             let background = tokio::spawn(async move {
                 tokio::join!(announce, local);
             });
@@ -81,16 +67,16 @@ pub async fn run(
             served
         }
         Some(url) => {
-            let options = cluster::RedisOptions {
+            let options = redis::RedisOptions {
                 url,
                 ca_file: config.redis_ca_file.clone(),
                 cluster: config.redis_cluster,
             };
-            let redis = cluster::connect(&options).await?;
-            let instance = cluster::new_instance_id();
+            let conn = redis::connect(&options).await?;
+            let instance = redis::new_instance_id();
             let store = Arc::new(RedisStore::new(
-                redis.conn.clone(),
-                redis.health.clone(),
+                conn.conn.clone(),
+                conn.health.clone(),
                 instance.clone(),
                 config.reconnect_grace_ms,
                 config.history_len,
@@ -102,41 +88,32 @@ pub async fn run(
             tracing::info!(instance, "joined the cluster");
             let ctx = context(&config, store.clone(), store.clone());
             let ns = io.namespace("/", Gateway::new(ctx.clone()));
-            let messages = redis
-                .pubsub
-                .subscribe(&cluster::messages_channel(LOBBY), MESSAGE_STREAM_BUFFER)
-                .await
-                .context("cannot subscribe to the message channel")?;
-            let ops = redis
-                .pubsub
-                .subscribe(&cluster::ops_channel(LOBBY), OPS_STREAM_BUFFER)
-                .await
-                .context("cannot subscribe to the broadcast channel")?;
-            let presence = redis
-                .pubsub
-                .subscribe(&cluster::presence_channel(LOBBY), OPS_STREAM_BUFFER)
-                .await
-                .context("cannot subscribe to the presence channel")?;
+            let subscribe = |channel: String, size: usize| {
+                let pubsub = conn.pubsub.clone();
+                async move {
+                    pubsub
+                        .subscribe(&channel, size)
+                        .await
+                        .with_context(|| format!("cannot subscribe to {channel}"))
+                }
+            };
+            let messages = subscribe(redis::messages_channel(LOBBY), MESSAGE_STREAM_BUFFER).await?;
+            let ops = subscribe(redis::ops_channel(LOBBY), OPS_STREAM_BUFFER).await?;
+            let presence = subscribe(redis::presence_channel(LOBBY), OPS_STREAM_BUFFER).await?;
             io.set_adapter(Arc::new(RedisAdapter::start(
-                redis.pubsub.clone(),
-                cluster::ops_channel(LOBBY),
+                conn.pubsub.clone(),
+                redis::ops_channel(LOBBY),
                 instance.clone(),
             )));
-            let readiness = Readiness {
-                redis: Some(redis.health.clone()),
-                metrics_elsewhere: config.metrics_addr.is_some(),
-                history: Some(ctx.history.clone()),
-                trusted_proxies: config.effective_trusted_proxies(),
-                store: None,
-            };
-            serve_metrics(&config, &readiness).await?;
-            let router = router(&config, io.clone(), readiness, &ctx.clients);
-            let background = tokio::spawn(cluster_forever(Cluster {
+            let readiness = readiness(&config, &ctx, Some(conn.health.clone()), None);
+            crate::http::serve_metrics(&config, &readiness).await?;
+            let router = crate::http::router(&config, io.clone(), readiness, &ctx.clients);
+            let background = tokio::spawn(gateway::cluster_forever(Cluster {
                 ctx,
                 io: io.clone(),
                 ns,
                 store: store.clone(),
-                health: redis.health.clone(),
+                health: conn.health.clone(),
                 config: config.clone(),
                 instance,
                 messages,
@@ -159,22 +136,19 @@ pub async fn run(
     }
 }
 
-/// With `--metrics-addr`, serves `/metrics` there, for as long as the process runs.
-async fn serve_metrics(config: &Config, readiness: &Readiness) -> anyhow::Result<()> {
-    let Some(addr) = config.metrics_addr else {
-        return Ok(());
-    };
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-    tracing::info!(%addr, "metrics on their own port");
-    let routes = web::metrics_routes(readiness.clone());
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, routes).await {
-            tracing::error!(%err, "the metrics server failed");
-        }
-    });
-    Ok(())
+fn readiness(
+    config: &Config,
+    ctx: &ChatContext,
+    redis: Option<Arc<redis::RedisHealth>>,
+    store: Option<Arc<crate::store::StoreHealth>>,
+) -> Readiness {
+    Readiness {
+        redis,
+        metrics_elsewhere: config.metrics_addr.is_some(),
+        history: Some(ctx.history.clone()),
+        trusted_proxies: config.effective_trusted_proxies(),
+        store,
+    }
 }
 
 fn context(config: &Config, presence: Arc<dyn Presence>, history: Arc<dyn History>) -> ChatContext {
@@ -210,67 +184,6 @@ fn engine_config(config: &Config) -> banter_engine::Config {
     }
 }
 
-/// Our exact routes first; the Engine.IO endpoint is `/socket.io` and everything under
-/// `/socket.io/` but the client bundle's files.
-fn router(
-    config: &Config,
-    io: SocketIo,
-    readiness: Readiness,
-    limits: &Arc<AddressLimits>,
-) -> Router {
-    let engine = any(move |mut request: Request| {
-        let io = io.clone();
-        async move {
-            // The engine keeps a session's handshake extensions for the session's life: only
-            // what the chat reads stays (the client), with hyper's upgrade, which the engine
-            // takes. ConnectInfo, route parameters and the rest would cost every connection.
-            let extensions = request.extensions_mut();
-            let mut kept = axum::http::Extensions::new();
-            if let Some(client) = extensions.remove::<clients::Client>() {
-                kept.insert(client);
-            }
-            if let Some(upgrade) = extensions.remove::<hyper::upgrade::OnUpgrade>() {
-                kept.insert(upgrade);
-            }
-            *extensions = kept;
-            io.handle(request).await.map(Body::new)
-        }
-    });
-    let router = web::routes(readiness)
-        .route("/socket.io", engine.clone())
-        .route("/socket.io/", engine.clone())
-        .route("/socket.io/{*rest}", engine);
-    let allowed = guard::AllowedOrigins {
-        list: Arc::new(config.allowed_origins.clone()),
-    };
-    let clients = Arc::new(clients::ClientPolicy {
-        trusted: config.effective_trusted_proxies(),
-        limits: Arc::clone(limits),
-        own_tls: config.tls_cert.is_some(),
-    });
-    router
-        .layer(axum::middleware::from_fn_with_state(
-            allowed,
-            guard::check_origin,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            config.ping_timeout(),
-            guard::bound_request_time,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            clients,
-            clients::identify,
-        ))
-        .layer(axum::middleware::from_fn(guard::security_headers))
-        // A 503 from /readyz during a Redis outage is an answer, not a fault of the server: one
-        // ERROR line per load-balancer probe would bury the WARN that says what happened.
-        .layer(
-            TraceLayer::new_for_http().on_failure(
-                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-            ),
-        )
-}
-
 async fn serve(
     listener: TcpListener,
     config: &Config,
@@ -285,8 +198,8 @@ async fn serve(
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
     let header_timeout = config.header_timeout();
-    let peers = crate::serve::PeerLimit {
-        limits: AddressLimits::new(clients::AddressBounds {
+    let peers = crate::http::serve::PeerLimit {
+        limits: AddressLimits::new(crate::config::net::AddressBounds {
             connect_rate: 0.0,
             connect_burst: 0,
             max_open: config.max_connections_per_ip,
@@ -295,10 +208,10 @@ async fn serve(
     };
     let mut serving = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
-            let tls = crate::tls::server_config(cert, key)?;
+            let tls = crate::http::tls::server_config(cert, key)?;
             // TlsListener sets TCP_NODELAY itself, before the TLS handshake.
-            let listener = crate::tls::TlsListener::new(listener, tls)?;
-            tokio::spawn(crate::serve::serve(
+            let listener = crate::http::tls::TlsListener::new(listener, tls)?;
+            tokio::spawn(crate::http::serve::serve(
                 listener,
                 router,
                 header_timeout,
@@ -314,7 +227,7 @@ async fn serve(
                     tracing::debug!(%err, "could not set TCP_NODELAY");
                 }
             });
-            tokio::spawn(crate::serve::serve(
+            tokio::spawn(crate::http::serve::serve(
                 listener,
                 router,
                 header_timeout,
@@ -362,177 +275,4 @@ async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// How often grace periods are checked: often enough that "left" comes within a small fraction of
-/// the grace period after it ends, and never more than twice a second.
-fn reap_interval(config: &Config) -> Duration {
-    (config.reconnect_grace() / 10).clamp(Duration::from_millis(50), Duration::from_millis(500))
-}
-
-/// A single instance's duties, for as long as it runs: end grace periods, and deliver the
-/// messages that the store committed (SQLite), in the order it committed them.
-async fn local_forever(
-    ctx: ChatContext,
-    ns: Arc<Namespace>,
-    every: Duration,
-    committed: Option<CommittedStream>,
-) {
-    let reap = async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            gateway::reap(&ctx).await;
-        }
-    };
-    match committed {
-        Some(committed) => {
-            tokio::join!(reap, deliver_committed(ns, committed));
-        }
-        None => reap.await,
-    }
-}
-
-/// The delivery hook of the SQLite store: each committed message goes to this instance's
-/// sockets in its room (except the sender), group after group, so every client receives a
-/// room's messages in id order. The sender's ack comes from the store itself, after the commit.
-async fn deliver_committed(ns: Arc<Namespace>, mut committed: CommittedStream) {
-    while let Some(group) = committed.recv().await {
-        for c in &group {
-            gateway::deliver_published(&ns, &c.room, &c.sender, &c.message);
-        }
-    }
-}
-
-/// What an instance of a cluster runs in the background.
-struct Cluster {
-    ctx: ChatContext,
-    io: SocketIo,
-    ns: Arc<Namespace>,
-    store: Arc<RedisStore>,
-    health: Arc<cluster::RedisHealth>,
-    config: Config,
-    instance: String,
-    messages: mpsc::Receiver<Vec<u8>>,
-    ops: mpsc::Receiver<Vec<u8>>,
-    presence: mpsc::Receiver<Vec<u8>>,
-    changes_tx: mpsc::UnboundedSender<Change>,
-    changes: mpsc::UnboundedReceiver<Change>,
-}
-
-/// An instance's duties in a cluster, for as long as it runs: deliver published messages and
-/// presence changes in order, carry out other instances' broadcasts, heart-beat, end grace
-/// periods, and put its people back when Redis lost them.
-async fn cluster_forever(cluster: Cluster) {
-    let Cluster {
-        ctx,
-        io,
-        ns,
-        store,
-        health,
-        config,
-        instance,
-        mut messages,
-        mut ops,
-        mut presence,
-        changes_tx,
-        changes,
-    } = cluster;
-    let announce = gateway::announce_forever(changes, Arc::clone(&ns), config.announce_window());
-    let presence = async move {
-        while let Some(payload) = presence.recv().await {
-            match cluster::parse_change(&payload) {
-                Some(change) => {
-                    let _ = changes_tx.send(change);
-                }
-                None => tracing::warn!("unreadable change on the presence channel"),
-            }
-        }
-        tracing::error!("the presence channel closed; announcements stop here");
-    };
-    let deliver = {
-        let ns = Arc::clone(&ns);
-        async move {
-            while let Some(payload) = messages.recv().await {
-                match cluster::parse_published(&payload) {
-                    Some(p) => gateway::deliver_published(&ns, LOBBY, &p.sender, &p.message),
-                    None => tracing::warn!("unreadable message on the message channel"),
-                }
-            }
-            tracing::error!("the message channel closed; cross-instance messages stop here");
-        }
-    };
-    let remote = async move {
-        while let Some(payload) = ops.recv().await {
-            if let Some(op) = cluster::parse_op(&payload, &instance) {
-                io.apply_remote(&op);
-            }
-        }
-        tracing::error!("the broadcast channel closed; cross-instance broadcasts stop here");
-    };
-    let duties = async move {
-        let mut reap_ticks = tokio::time::interval(reap_interval(&config));
-        reap_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut beat_ticks = tokio::time::interval(HEARTBEAT_EVERY);
-        beat_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut must_restore = false;
-        let mut outages_seen = health.reconnects();
-        loop {
-            tokio::select! {
-                _ = reap_ticks.tick() => gateway::reap(&ctx).await,
-                _ = beat_ticks.tick() => {
-                    let unknown = store.heartbeat(LOBBY, config.instance_timeout_ms).await;
-                    must_restore |= matches!(unknown, Ok(true));
-                    // Back from an outage: what happened meanwhile was not recorded.
-                    must_restore |= health.reconnects() != outages_seen;
-                    outages_seen = health.reconnects();
-                    if must_restore {
-                        must_restore = !restore_members(&store, &ns).await;
-                    }
-                }
-            }
-        }
-    };
-    tokio::join!(deliver, remote, presence, announce, duties);
-}
-
-/// Puts this instance's people back into Redis after it lost them. False when Redis failed
-/// meanwhile (the caller tries again).
-async fn restore_members(store: &RedisStore, ns: &Arc<Namespace>) -> bool {
-    let members = gateway::local_members(ns);
-    let mut restored = 0;
-    for m in &members {
-        match store
-            .register(m.room, &m.conn, &m.username, &m.session)
-            .await
-        {
-            Ok(true) => restored += 1,
-            Ok(false) => {
-                tracing::warn!("a nickname was taken by someone else while Redis was away")
-            }
-            Err(err) => {
-                tracing::warn!(%err, "could not restore presence; will retry");
-                return false;
-            }
-        }
-    }
-    let live: Vec<String> = members.iter().map(|m| m.conn.clone()).collect();
-    match store.reconcile(LOBBY, &live).await {
-        Ok(0) => {}
-        Ok(dropped) => tracing::info!(
-            dropped,
-            "people who left during the outage now start their grace period"
-        ),
-        Err(err) => {
-            tracing::warn!(%err, "could not reconcile presence; will retry");
-            return false;
-        }
-    }
-    tracing::info!(
-        restored,
-        of = members.len(),
-        "restored this instance's people in Redis"
-    );
-    true
 }

@@ -25,12 +25,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use axum::http::{HeaderMap, HeaderValue};
 use banter::chat::{
-    ErrorCode, History, JoinRequest, Joined, Limits, MAX_VARIANTS, MemoryHistory, MemoryPresence,
-    Presence, StoredMessage, name_key, next_id, select_page, sort_users, variant,
+    ErrorCode, History, JoinRequest, Joined, Limits, MAX_VARIANTS, Presence, StoredMessage,
+    name_key, next_id, select_page, sort_users, variant,
 };
-use banter::clients::{AddressBounds, AddressLimits, IpNet, OpenSlot, Refusal, TrustedProxies};
-use banter::protocol::{AddUser, Auth};
-use banter::store::{SqliteHistory, SqliteOptions};
+use banter::config::net::{AddressBounds, IpNet, TrustedProxies};
+use banter::gateway::protocol::{AddUser, Auth};
+use banter::http::clients::{AddressLimits, OpenSlot, Refusal};
+use banter::store::{MemoryHistory, MemoryPresence, SqliteHistory, SqliteOptions};
 use futures::executor::block_on;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -786,7 +787,7 @@ proptest! {
         }
     }
 
-    /// The handshake `auth`, which socketioxide parses from the CONNECT packet's text: any text
+    /// The handshake `auth`, which the gateway reads from the CONNECT packet's text: any text
     /// is read without a panic, and JSON text reads the same as the value it encodes.
     #[test]
     fn auth_from_packet_text_never_panics(

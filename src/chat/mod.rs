@@ -1,8 +1,8 @@
 //! The chat domain: nicknames, messages, limits, presence and history rules.
 //!
-//! Nothing here knows about Socket.IO, HTTP or event names (see `crate::protocol` and
-//! `crate::socket` for those). The storage traits (`Presence`, `History`) are the seam where the
-//! in-process default and a cluster-wide (Redis) implementation plug in.
+//! Nothing here knows about Socket.IO, HTTP or event names (`crate::gateway` has those). The
+//! storage traits (`Presence`, `History`) are the seam where the stores of `crate::store` plug
+//! in: in memory, SQLite, Redis.
 
 mod announce;
 mod error;
@@ -14,13 +14,12 @@ mod rate;
 pub use announce::{Announcer, Batch, Change, ChangeKind, Offer};
 pub use error::{ChatError, ErrorCode};
 pub use history::{
-    Appended, History, HistoryPage, IDS_PER_MILLI, MemoryHistory, StoredMessage, next_id,
-    select_page,
+    Appended, History, HistoryPage, IDS_PER_MILLI, StoredMessage, next_id, select_page,
 };
 pub use limits::Limits;
 pub use presence::{
-    ChangeSink, ConnId, JoinRequest, Joined, Left, MAX_VARIANTS, MemoryPresence, Presence, Roster,
-    name_key, new_session_token, next_version, sort_users, variant,
+    ChangeSink, ConnId, JoinRequest, Joined, Left, MAX_VARIANTS, Presence, Roster, name_key,
+    new_session_token, next_version, sort_users, variant,
 };
 pub use rate::TokenBucket;
 

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::conn::Conn;
 use crate::chat::{Announcer, Batch, Change, ChangeKind, ChatError, ErrorCode, Offer};
-use crate::protocol::{MAX_ANNOUNCED_NAMES, UserChange, outbound};
+use crate::gateway::protocol::{MAX_ANNOUNCED_NAMES, UserChange, outbound};
 
 /// Announces the changes that arrive on `changes`, for as long as the server runs.
 pub async fn announce_forever(

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use banter_engine::socketio::{Packet, Socket};
 
 use crate::chat::TokenBucket;
-use crate::clients::OpenSlot;
-use crate::metrics;
+use crate::http::clients::OpenSlot;
+use crate::ops::metrics;
 
 /// The state of one connection, attached to its socket.
 pub(super) struct Conn {

@@ -1,12 +1,57 @@
-//! Delivery of messages a store published (in id order), and what this instance's sockets hold.
+//! Delivery of messages a store published (in id order), a single instance's duties (ending grace
+//! periods, delivering what SQLite committed), and what this instance's sockets hold.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use banter_engine::socketio::Namespace;
 
+use super::ChatContext;
 use super::conn::Conn;
+use super::protocol::outbound;
 use crate::chat::StoredMessage;
-use crate::protocol::outbound;
+use crate::store::CommittedStream;
+
+/// How often grace periods are checked: often enough that "left" comes within a small fraction of
+/// the grace period after it ends, and never more than twice a second.
+pub fn reap_interval(grace: Duration) -> Duration {
+    (grace / 10).clamp(Duration::from_millis(50), Duration::from_millis(500))
+}
+
+/// A single instance's duties, for as long as it runs: end grace periods, and deliver the
+/// messages that the store committed (SQLite), in the order it committed them.
+pub async fn local_forever(
+    ctx: ChatContext,
+    ns: Arc<Namespace>,
+    committed: Option<CommittedStream>,
+) {
+    let every = reap_interval(ctx.settings.reconnect_grace);
+    let reap = async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            super::reap(&ctx).await;
+        }
+    };
+    match committed {
+        Some(committed) => {
+            tokio::join!(reap, deliver_committed(ns, committed));
+        }
+        None => reap.await,
+    }
+}
+
+/// The delivery hook of the SQLite store: each committed message goes to this instance's
+/// sockets in its room (except the sender), group after group, so every client receives a
+/// room's messages in id order. The sender's ack comes from the store itself, after the commit.
+async fn deliver_committed(ns: Arc<Namespace>, mut committed: CommittedStream) {
+    while let Some(group) = committed.recv().await {
+        for c in &group {
+            deliver_published(&ns, &c.room, &c.sender, &c.message);
+        }
+    }
+}
 
 /// Delivers a message that the store published, to this instance's sockets in the room except
 /// the sender. Called in the order the store published, which is id order.

@@ -12,11 +12,11 @@ use super::ChatContext;
 use super::announce::replace_socket;
 use super::conn::{Conn, Member, Rates};
 use crate::chat::{ChatError, ErrorCode, JoinRequest, LOBBY, StoredMessage, now_millis};
-use crate::clients::Client;
-use crate::metrics::{self, METRICS};
-use crate::protocol::{
+use crate::config::net::Client;
+use crate::gateway::protocol::{
     AddUser, Auth, Login, MessageAck, Refusal, Typing, UserList, inbound, outbound,
 };
+use crate::ops::metrics::{self, METRICS};
 
 /// Longest session token accepted in the handshake; real ones are 32 characters.
 const MAX_SESSION_TOKEN_LEN: usize = 64;
@@ -81,7 +81,7 @@ pub(super) fn connect(
         Some(client) => match ctx.clients.open(client.addr) {
             Ok(slot) => Some(slot),
             Err(refusal) => {
-                METRICS.address_refused(refusal);
+                METRICS.address_refused(matches!(refusal, crate::http::clients::Refusal::Open));
                 tracing::debug!(client = %client.addr, %refusal, "refused a connection");
                 return Err(ConnectError::new(refusal.to_string()));
             }

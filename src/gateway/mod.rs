@@ -8,9 +8,11 @@
 //! input: every argument is read as a raw JSON value and checked here.
 
 mod announce;
+mod cluster;
 mod conn;
 mod delivery;
 mod handlers;
+pub mod protocol;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +21,12 @@ use banter_engine::socketio::{BoxFuture, ConnectError, DisconnectReason, Event, 
 use serde_json::value::RawValue;
 
 pub use announce::announce_forever;
-pub use delivery::{LocalMember, deliver_published, local_members};
+pub use cluster::{Cluster, RedisAdapter, cluster_forever};
+pub use delivery::{LocalMember, deliver_published, local_forever, local_members, reap_interval};
 pub use handlers::reap;
 
 use crate::chat::{History, Limits, Presence};
-use crate::clients::AddressLimits;
+use crate::http::clients::AddressLimits;
 
 /// Settings of the chat that handlers need.
 #[derive(Debug, Clone)]

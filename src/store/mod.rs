@@ -1,11 +1,12 @@
 //! Where a single instance (no Redis) keeps its message history: in SQLite, in a data directory,
 //! by default, or in memory (`--store memory`). With Redis, history lives in Redis
-//! (`crate::cluster`) and nothing here is used.
+//! (`crate::store::redis`) and nothing here is used.
 //!
 //! This module knows nothing of Socket.IO: the SQLite store hands committed messages to the
 //! server as a stream (`CommittedStream`), and the server delivers them to the room's sockets.
 
 mod recent;
+pub mod redis;
 pub mod schema;
 mod sqlite;
 pub mod tools;
@@ -16,8 +17,46 @@ use anyhow::Context;
 
 pub use sqlite::{Committed, CommittedStream, SqliteHistory, SqliteOptions, StoreHealth};
 
-use crate::chat::{History, MemoryHistory};
-use crate::config::{Command, Config, StoreKind};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+use crate::chat::History;
+
+pub use memory::{MemoryHistory, MemoryPresence};
+pub mod memory;
+
+/// When a SQLite commit reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// Every commit is synced before its messages are acked: an acked message survives a
+    /// crash of the process and a power cut of the host.
+    Full,
+    /// Commits are synced at checkpoints only: an acked message survives a crash of the
+    /// process (kill -9), but the last commits before a power cut or a crash of the host may be
+    /// lost (never half-written).
+    Normal,
+}
+
+/// Where a single instance keeps its history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    Sqlite,
+    Memory,
+}
+
+/// What the history of a single instance is kept in, and how (from the settings).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub kind: StoreKind,
+    pub data_dir: PathBuf,
+    /// Messages sent on join, and kept in memory for it.
+    pub history_len: usize,
+    pub retain_messages: u64,
+    pub retain_age: Option<Duration>,
+    pub sync: SyncMode,
+}
 
 /// The history a single instance uses, chosen once at start-up.
 pub struct LocalStore {
@@ -31,23 +70,23 @@ pub struct LocalStore {
 impl LocalStore {
     /// Opens the store that `--store` names. SQLite's start-up (creating the directory,
     /// migrating, loading recent messages) runs on a blocking thread.
-    pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        match config.store {
+    pub async fn open(options: &StoreOptions) -> anyhow::Result<Self> {
+        match options.kind {
             StoreKind::Memory => {
                 tracing::info!("history in memory (lost when the process stops)");
                 Ok(Self {
-                    history: Arc::new(MemoryHistory::new(config.history_len)),
+                    history: Arc::new(MemoryHistory::new(options.history_len)),
                     committed: None,
                     sqlite: None,
                 })
             }
             StoreKind::Sqlite => {
                 let options = SqliteOptions {
-                    data_dir: config.data_dir.clone(),
-                    recent_len: config.history_len,
-                    retain_messages: config.retain_messages,
-                    retain_age: config.retain_age(),
-                    sync: config.sqlite_sync,
+                    data_dir: options.data_dir.clone(),
+                    recent_len: options.history_len,
+                    retain_messages: options.retain_messages,
+                    retain_age: options.retain_age,
+                    sync: options.sync,
                 };
                 let (store, committed) =
                     tokio::task::spawn_blocking(move || SqliteHistory::open(&options))
@@ -74,32 +113,4 @@ impl LocalStore {
             store.close().await;
         }
     }
-}
-
-/// Runs a command of `banter` other than serving (`backup`, `export`).
-pub fn run_command(command: &Command, config: &Config) -> anyhow::Result<()> {
-    match command {
-        Command::Backup { path } => {
-            let report = tools::backup(&config.data_dir, path)?;
-            tracing::info!(
-                path = %report.path.display(),
-                messages = report.messages,
-                rooms = report.rooms,
-                bytes = report.bytes,
-                "backup written"
-            );
-        }
-        Command::Export { room, out } => {
-            let count = match out {
-                Some(path) => {
-                    let file = std::fs::File::create(path)
-                        .with_context(|| format!("cannot create {}", path.display()))?;
-                    tools::export(&config.data_dir, room, &mut std::io::BufWriter::new(file))?
-                }
-                None => tools::export(&config.data_dir, room, &mut std::io::stdout().lock())?,
-            };
-            tracing::info!(room, messages = count, "exported");
-        }
-    }
-    Ok(())
 }

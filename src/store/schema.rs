@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
-use crate::config::SyncMode;
+use crate::store::SyncMode;
 
 /// The file inside the data directory.
 pub const DB_FILE: &str = "banter.db";

@@ -31,7 +31,7 @@ use crate::chat::{
     Appended, ChatError, History, HistoryPage, IDS_PER_MILLI, StoreFuture, StoredMessage, next_id,
     now_millis,
 };
-use crate::config::SyncMode;
+use crate::store::SyncMode;
 
 /// Most messages committed in one transaction: bounds the wait of the first one in a group.
 const MAX_BATCH: usize = 1_024;

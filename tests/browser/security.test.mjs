@@ -71,7 +71,7 @@ scenario(h, 'HTML and script in a nickname and in messages render as literal tex
 
 scenario(h, "the page works under the Content-Security-Policy the server sends", async () => {
   const server = await h.server();
-  // The server sends the policy with the page (src/guard.rs); the browser enforces what it got.
+  // The server sends the policy with the page (src/http/guard.rs); the browser enforces what it got.
   const served = (await fetch(`${server.url}/`)).headers.get('content-security-policy') ?? '';
   for (const directive of ["default-src 'self'", "script-src 'self'", "style-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"]) {
     assert.ok(served.split(';').map((d) => d.trim()).includes(directive), `${directive} in ${served}`);

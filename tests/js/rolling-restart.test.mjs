@@ -101,7 +101,7 @@ const SEND_EVERY_MS = 80;
 const ACK_TIMEOUT_MS = 10_000; // the page's
 const SOAK_MS = 1500; // load after each restart has settled, before the next one
 const PROBE_ADDRESSES = Array.from({ length: 120 }, (_, i) => `127.0.1.${i + 1}`);
-// Shutdown log lines (src/shutdown.rs, src/server.rs), in the order they must appear.
+// Shutdown log lines (src/ops/shutdown.rs, src/server.rs), in the order they must appear.
 const GRACEFUL_LINES = ['received SIGTERM', 'shutting down: no new connections; closing sockets', 'stopped'];
 const NOT_GRACEFUL = [
   'could not tell Redis that this instance is leaving',

@@ -2,9 +2,18 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use clap::ValueEnum;
 
 /// Installs the global subscriber. Message texts are never logged at INFO or above.
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never into a log collector's stream.

@@ -12,8 +12,7 @@ use std::time::Duration;
 use banter_engine::socketio::DisconnectReason;
 
 use crate::chat::ErrorCode;
-use crate::clients::Refusal;
-use crate::cluster::RedisHealth;
+use crate::store::redis::RedisHealth;
 
 /// Every disconnect reason, for the per-reason counters.
 const REASONS: [DisconnectReason; 9] = [
@@ -126,11 +125,12 @@ impl Metrics {
         self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    /// A client address over its bounds was refused a new connection.
-    pub fn address_refused(&self, refusal: Refusal) {
-        match refusal {
-            Refusal::Rate(_) => &self.refused_addresses_rate_total,
-            Refusal::Open => &self.refused_addresses_open_total,
+    /// A client address over its bounds was refused a new connection: for opening too many at
+    /// once (`open`), or too many per second.
+    pub fn address_refused(&self, open: bool) {
+        match open {
+            false => &self.refused_addresses_rate_total,
+            true => &self.refused_addresses_open_total,
         }
         .fetch_add(1, Ordering::Relaxed);
     }

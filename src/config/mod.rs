@@ -1,5 +1,11 @@
 //! Settings, from flags and the environment. Every default runs a full single-instance chat.
 
+pub mod net;
+pub mod platform;
+
+pub use crate::ops::telemetry::LogFormat;
+pub use crate::store::{StoreKind, SyncMode};
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,8 +14,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::chat::Limits;
-use crate::clients::{AddressBounds, TrustedProxies};
-use crate::platform::Platform;
+use crate::config::net::{AddressBounds, TrustedProxies};
+use crate::config::platform::Platform;
 
 const SECONDS_PER_DAY: u64 = 86_400;
 
@@ -248,31 +254,6 @@ pub enum Command {
     },
 }
 
-/// When a SQLite commit reaches the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SyncMode {
-    /// Every commit is synced before its messages are acked: an acked message survives a
-    /// crash of the process and a power cut of the host.
-    Full,
-    /// Commits are synced at checkpoints only: an acked message survives a crash of the
-    /// process (kill -9), but the last commits before a power cut or a crash of the host may be
-    /// lost (never half-written).
-    Normal,
-}
-
-/// Where a single instance keeps its history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StoreKind {
-    Sqlite,
-    Memory,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 impl Default for Config {
     /// The defaults of every flag, as if no flag was given (the environment still applies).
     fn default() -> Self {
@@ -368,6 +349,18 @@ impl Config {
         match &self.trusted_proxies {
             Some(setting) => setting.clone(),
             None => platform.default_trusted_proxies(),
+        }
+    }
+
+    /// What the history of a single instance is kept in, and how.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            kind: self.store,
+            data_dir: self.data_dir.clone(),
+            history_len: self.history_len,
+            retain_messages: self.retain_messages,
+            retain_age: self.retain_age(),
+            sync: self.sqlite_sync,
         }
     }
 
@@ -486,7 +479,7 @@ mod tests {
 
     #[test]
     fn trusted_proxies_come_from_the_setting_else_from_the_platform() {
-        use crate::clients::TrustSource;
+        use crate::config::net::TrustSource;
 
         let unset = Config::parse_from(["banter"]);
         let none = unset.trusted_proxies_on(&Platform::Other);

@@ -109,7 +109,7 @@ pub async fn check_origin(
         if !allowed.allows(origin, host) {
             tracing::info!(origin, "refused a Socket.IO request from a foreign origin");
             if let Some(origin) = origin {
-                crate::advice::refused_origin(origin, host, headers);
+                crate::http::advice::refused_origin(origin, host, headers);
             }
             return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
         }

@@ -23,10 +23,11 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 use axum::http::HeaderMap;
 use tracing::Level;
 
-use crate::clients::{AddressBounds, Refusal, TrustSource, TrustedProxies};
+use crate::config::net::Refusal;
+use crate::config::net::{AddressBounds, TrustSource, TrustedProxies};
+use crate::config::platform::Platform;
 use crate::config::{Config, Transport};
-use crate::metrics::METRICS;
-use crate::platform::Platform;
+use crate::ops::metrics::METRICS;
 
 /// Proxy addresses whose untrusted `X-Forwarded-For` is reported. Real deployments have a
 /// handful of proxies; the rest would be clients writing the header themselves.

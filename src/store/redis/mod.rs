@@ -23,7 +23,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion};
 
 pub use conn::RedisConn;
-pub use pubsub::{PubSub, RedisAdapter, parse_op};
+pub use pubsub::PubSub;
 pub use store::{
     Published, RedisStore, messages_channel, ops_channel, parse_change, parse_published,
     presence_channel,

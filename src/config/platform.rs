@@ -8,7 +8,7 @@
 //! `BANTER_TRUSTED_PROXIES` is not set at all, the front end's ranges are trusted by default. An
 //! explicit setting, an empty one included, always wins.
 
-use crate::clients::{IpNet, TrustSource, TrustedProxies};
+use crate::config::net::{IpNet, TrustSource, TrustedProxies};
 
 /// Set by App Service for every app, custom containers included; its reference of app settings
 /// lists both as read-only ("App name", and "Unique ID of the current VM instance"). Both must be

@@ -32,7 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::clients::{AddressLimits, OpenSlot, TrustedProxies};
+use crate::config::net::TrustedProxies;
+use crate::http::clients::{AddressLimits, OpenSlot};
 
 /// The bound on TCP connections per peer address. Proxies are not counted (every client behind
 /// one shares its address; the per-client bounds of `clients` apply to them).
@@ -76,8 +77,9 @@ pub async fn serve<L>(
             match peers.limits.open(peer.ip()) {
                 Ok(slot) => Some(slot),
                 Err(refusal) => {
-                    crate::metrics::METRICS.address_refused(refusal);
-                    crate::advice::refused(peer.ip(), refusal, peers.limits.bounds());
+                    crate::ops::metrics::METRICS
+                        .address_refused(matches!(refusal, crate::http::clients::Refusal::Open));
+                    crate::http::advice::refused(peer.ip(), refusal, peers.limits.bounds());
                     tracing::debug!(%peer, "too many connections from this address; closed");
                     continue;
                 }

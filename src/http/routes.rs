@@ -10,14 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::chat::{History, LOBBY};
-use crate::clients::TrustedProxies;
-use crate::cluster::RedisHealth;
+use crate::config::net::TrustedProxies;
 use crate::store::StoreHealth;
+use crate::store::redis::RedisHealth;
 
-const INDEX_HTML: &str = include_str!("../web/index.html");
-const APP_JS: &str = include_str!("../web/app.js");
-const STYLE_CSS: &str = include_str!("../web/style.css");
-const FAVICON_SVG: &str = include_str!("../web/favicon.svg");
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+const APP_JS: &str = include_str!("../../web/app.js");
+const STYLE_CSS: &str = include_str!("../../web/style.css");
+const FAVICON_SVG: &str = include_str!("../../web/favicon.svg");
 
 /// The official socket.io-client bundle (see `build.rs`), served where Node's server serves it.
 macro_rules! client_file {
@@ -159,7 +159,7 @@ pub fn metrics_routes(readiness: Readiness) -> Router {
                     Some(history) => history.len(LOBBY).await.ok(),
                     None => None,
                 };
-                let body = crate::metrics::METRICS.render(readiness.redis.as_deref(), history);
+                let body = crate::ops::metrics::METRICS.render(readiness.redis.as_deref(), history);
                 (
                     [(
                         header::CONTENT_TYPE,

@@ -1,0 +1,34 @@
+//! The commands of `banter` other than serving: `backup` and `export` of the SQLite history.
+
+use anyhow::Context;
+
+use crate::config::{Command, Config};
+use crate::store::tools;
+
+/// Runs a command of `banter` other than serving (`backup`, `export`).
+pub fn run(command: &Command, config: &Config) -> anyhow::Result<()> {
+    match command {
+        Command::Backup { path } => {
+            let report = tools::backup(&config.data_dir, path)?;
+            tracing::info!(
+                path = %report.path.display(),
+                messages = report.messages,
+                rooms = report.rooms,
+                bytes = report.bytes,
+                "backup written"
+            );
+        }
+        Command::Export { room, out } => {
+            let count = match out {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    tools::export(&config.data_dir, room, &mut std::io::BufWriter::new(file))?
+                }
+                None => tools::export(&config.data_dir, room, &mut std::io::stdout().lock())?,
+            };
+            tracing::info!(room, messages = count, "exported");
+        }
+    }
+    Ok(())
+}
