@@ -1,5 +1,5 @@
 //! Engine.IO behaviour of Node's server (engine.io 6.6) that no official suite checks:
-//! `/work/conformance/REPORT.md` section 4. First what our engine does as Node does; then, in
+//! `NODE.md` section 4. First what our engine does as Node does; then, in
 //! the last section, where it deliberately differs, each test saying how: there the tests pin
 //! down our behaviour, not Node's.
 

@@ -1,5 +1,5 @@
 //! Every case of the official Engine.IO conformance suite (socketio/engine.io-protocol,
-//! `test-suite/`), E1–E24 in `/work/conformance/REPORT.md` section 2, and the 16 cases of the
+//! `test-suite/`), E1–E24 in `NODE.md` section 2, and the 16 cases of the
 //! Socket.IO suite's "Engine.IO protocol" group, S-E1..S-E16 (section 3.1), which are the same
 //! cases at `/socket.io/`, some of them cut short.
 //!

@@ -1,5 +1,5 @@
 //! Socket.IO behaviour of Node's server (socket.io 4.8) that the official suite does not check:
-//! `/work/conformance/REPORT.md` section 5. First what our engine does as Node does; then, in
+//! `NODE.md` section 5. First what our engine does as Node does; then, in
 //! the last section, where it deliberately differs, each test saying how: there the tests pin
 //! down our behaviour, not Node's.
 //!

@@ -1,5 +1,5 @@
 //! Every case of the official Socket.IO conformance suite's "Socket.IO protocol" group
-//! (socketio/socket.io-protocol, `test-suite/`), S1–S16 in `/work/conformance/REPORT.md`
+//! (socketio/socket.io-protocol, `test-suite/`), S1–S16 in `NODE.md`
 //! section 3.2, against the suite's server (`conformance::socketio_server`) with its settings.
 //!
 //! As in the suite, the client never answers pings, so every connection lives about 500 ms:
