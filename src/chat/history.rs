@@ -17,8 +17,9 @@ pub struct StoredMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     pub message: StoredMessage,
-    /// True when the store has already delivered the message to every instance, in id order;
-    /// false when the caller must broadcast it (in-process store, or Redis unreachable).
+    /// True when the store has handed the message on for delivery, in id order (to this
+    /// instance's delivery task, or to every instance through Redis); false when the caller must
+    /// broadcast it (a store made with `MemoryHistory::new`, or Redis unreachable).
     pub published: bool,
 }
 

@@ -1,5 +1,5 @@
 //! Delivery of messages a store published (in id order), a single instance's duties (ending grace
-//! periods, delivering what SQLite committed), and what this instance's sockets hold.
+//! periods, delivering what the store stored), and what this instance's sockets hold.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ pub fn reap_interval(grace: Duration) -> Duration {
 }
 
 /// A single instance's duties, for as long as it runs: end grace periods, and deliver the
-/// messages that the store committed (SQLite), in the order it committed them.
+/// messages that the store stored, in the order it stored them.
 pub async fn local_forever(
     ctx: ChatContext,
     ns: Arc<Namespace>,
@@ -42,9 +42,11 @@ pub async fn local_forever(
     }
 }
 
-/// The delivery hook of the SQLite store: each committed message goes to this instance's
-/// sockets in its room (except the sender), group after group, so every client receives a
-/// room's messages in id order. The sender's ack comes from the store itself, after the commit.
+/// The delivery task of a single instance: each stored message goes to this instance's sockets
+/// in its room (except the sender), group after group, so every client receives a room's
+/// messages in id order. The sender's ack comes from its handler once the store has the message
+/// (with SQLite, after the commit). One task broadcasting back to back, rather than each
+/// sender's handler, also lets each socket's writes gather several messages under load.
 async fn deliver_committed(ns: Arc<Namespace>, mut committed: CommittedStream) {
     while let Some(group) = committed.recv().await {
         for c in &group {

@@ -4,6 +4,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
+use tokio::sync::mpsc;
+
+use super::{Committed, CommittedStream, MAX_QUEUED_DELIVERIES};
+
 use crate::chat::{
     Appended, Change, ChangeKind, ChangeSink, ChatError, ConnId, ErrorCode, History, HistoryPage,
     IDS_PER_MILLI, JoinRequest, Joined, Left, MAX_VARIANTS, Presence, Roster, StoreFuture,
@@ -248,6 +252,9 @@ pub struct MemoryHistory {
     /// Ids at or below this were assigned before the store began: we cannot know what they were.
     epoch_floor: u64,
     rooms: Mutex<HashMap<String, RoomHistory>>,
+    /// Where stored messages go, in id order, for the server to deliver; `None`: the caller
+    /// broadcasts.
+    delivery: Option<mpsc::Sender<Vec<Committed>>>,
 }
 
 struct RoomHistory {
@@ -258,12 +265,28 @@ struct RoomHistory {
 }
 
 impl MemoryHistory {
+    /// A store whose caller broadcasts what it appends.
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
             epoch_floor: now_millis().saturating_mul(IDS_PER_MILLI),
             rooms: Mutex::new(HashMap::new()),
+            delivery: None,
         }
+    }
+
+    /// A store that hands every message it appends to the returned stream, in id order, as
+    /// the SQLite store does after a commit: one task then delivers every message, back to
+    /// back, instead of each sender's handler broadcasting in turn (measured: in memory, the
+    /// latter fell behind from 250,000 deliveries/s where the former kept up; see
+    /// docs/performance.md).
+    pub fn publishing(capacity: usize) -> (Self, CommittedStream) {
+        let (delivery, committed) = mpsc::channel(MAX_QUEUED_DELIVERIES);
+        let store = Self {
+            delivery: Some(delivery),
+            ..Self::new(capacity)
+        };
+        (store, committed)
     }
 
     fn with_room<T>(&self, room: &str, f: impl FnOnce(&mut RoomHistory) -> T) -> T {
@@ -283,32 +306,51 @@ impl History for MemoryHistory {
     fn append<'a>(
         &'a self,
         room: &'a str,
-        _sender: &'a str,
+        sender: &'a str,
         username: &'a str,
         message: &'a str,
     ) -> StoreFuture<'a, Appended> {
-        let stored = self.with_room(room, |r| {
-            let ts = now_millis();
-            let id = next_id(r.last_id, ts);
-            r.last_id = id;
-            let stored = StoredMessage {
-                id,
-                ts,
-                username: username.to_owned(),
-                message: message.to_owned(),
-            };
-            r.messages.push_back(stored.clone());
-            while r.messages.len() > self.capacity {
-                if let Some(dropped) = r.messages.pop_front() {
-                    r.floor = dropped.id;
-                }
-            }
-            stored
-        });
         Box::pin(async move {
+            // A place in the delivery queue first (a full queue holds the sender back); the
+            // message takes it under the room's lock, so the queue is in id order.
+            let place = match &self.delivery {
+                Some(delivery) => Some(
+                    delivery
+                        .reserve()
+                        .await
+                        .map_err(|_| ChatError::unavailable())?,
+                ),
+                None => None,
+            };
+            let published = place.is_some();
+            let stored = self.with_room(room, |r| {
+                let ts = now_millis();
+                let id = next_id(r.last_id, ts);
+                r.last_id = id;
+                let stored = StoredMessage {
+                    id,
+                    ts,
+                    username: username.to_owned(),
+                    message: message.to_owned(),
+                };
+                r.messages.push_back(stored.clone());
+                while r.messages.len() > self.capacity {
+                    if let Some(dropped) = r.messages.pop_front() {
+                        r.floor = dropped.id;
+                    }
+                }
+                if let Some(place) = place {
+                    place.send(vec![Committed {
+                        room: room.to_owned(),
+                        sender: sender.to_owned(),
+                        message: stored.clone(),
+                    }]);
+                }
+                stored
+            });
             Ok(Appended {
                 message: stored,
-                published: false,
+                published,
             })
         })
     }
@@ -326,6 +368,10 @@ impl History for MemoryHistory {
     ) -> StoreFuture<'a, HistoryPage> {
         let page = self.with_room(room, |r| select_page(&r.messages, r.floor, last_id, limit));
         Box::pin(async move { Ok(page) })
+    }
+
+    fn publishes(&self) -> bool {
+        self.delivery.is_some()
     }
 }
 

@@ -2,8 +2,9 @@
 //! by default, or in memory (`--store memory`). With Redis, history lives in Redis
 //! (`crate::store::redis`) and nothing here is used.
 //!
-//! This module knows nothing of Socket.IO: the SQLite store hands committed messages to the
-//! server as a stream (`CommittedStream`), and the server delivers them to the room's sockets.
+//! This module knows nothing of Socket.IO: both stores hand each stored message to the server as
+//! a stream (`CommittedStream`), in id order, and the server's one delivery task broadcasts them
+//! to the room's sockets.
 
 mod recent;
 pub mod redis;
@@ -15,17 +16,35 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-pub use sqlite::{Committed, CommittedStream, SqliteHistory, SqliteOptions, StoreHealth};
+pub use sqlite::{SqliteHistory, SqliteOptions, StoreHealth};
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ValueEnum;
 
-use crate::chat::History;
+use tokio::sync::mpsc;
+
+use crate::chat::{History, StoredMessage};
 
 pub use memory::{MemoryHistory, MemoryPresence};
 pub mod memory;
+
+/// A stored message on its way to the room's sockets on this instance.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub room: String,
+    /// The sending connection, which does not get its own message back.
+    pub sender: String,
+    pub message: StoredMessage,
+}
+
+/// Stored messages, in groups, in id order: the server delivers them to local sockets.
+pub type CommittedStream = mpsc::Receiver<Vec<Committed>>;
+
+/// Groups of stored messages that may wait for the delivery task before the store waits for it
+/// (and, with it, the senders).
+const MAX_QUEUED_DELIVERIES: usize = 1_024;
 
 /// When a SQLite commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,8 +80,7 @@ pub struct StoreOptions {
 /// The history a single instance uses, chosen once at start-up.
 pub struct LocalStore {
     pub history: Arc<dyn History>,
-    /// Committed messages for the server to deliver, in id order (SQLite only: with the
-    /// in-memory store the sender's handler broadcasts).
+    /// Stored messages for the server to deliver, in id order.
     pub committed: Option<CommittedStream>,
     sqlite: Option<Arc<SqliteHistory>>,
 }
@@ -74,9 +92,10 @@ impl LocalStore {
         match options.kind {
             StoreKind::Memory => {
                 tracing::info!("history in memory (lost when the process stops)");
+                let (history, committed) = MemoryHistory::publishing(options.history_len);
                 Ok(Self {
-                    history: Arc::new(MemoryHistory::new(options.history_len)),
-                    committed: None,
+                    history: Arc::new(history),
+                    committed: Some(committed),
                     sqlite: None,
                 })
             }

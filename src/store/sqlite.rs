@@ -31,16 +31,13 @@ use crate::chat::{
     Appended, ChatError, History, HistoryPage, IDS_PER_MILLI, StoreFuture, StoredMessage, next_id,
     now_millis,
 };
-use crate::store::SyncMode;
+use crate::store::{Committed, CommittedStream, SyncMode};
 
 /// Most messages committed in one transaction: bounds the wait of the first one in a group.
 const MAX_BATCH: usize = 1_024;
 
 /// Appends that may wait for the writer; a handler beyond this waits for a place.
 const MAX_QUEUED_APPENDS: usize = 16_384;
-
-/// Committed groups that may wait for the delivery task before the writer waits for it.
-const MAX_QUEUED_DELIVERIES: usize = 1_024;
 
 /// At start, how long to wait for a lock held by another process before saying so.
 const START_LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -58,18 +55,6 @@ const RETAIN_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The file in the data directory that one Banter process holds locked while it uses it.
 const LOCK_FILE: &str = "banter.lock";
-
-/// A committed message on its way to the room's sockets on this instance.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub room: String,
-    /// The sending connection, which does not get its own message back.
-    pub sender: String,
-    pub message: StoredMessage,
-}
-
-/// Committed messages, in groups, in id order: the server delivers them to local sockets.
-pub type CommittedStream = mpsc::Receiver<Vec<Committed>>;
 
 /// Where and how much to keep.
 #[derive(Debug, Clone)]
@@ -164,7 +149,7 @@ impl SqliteHistory {
             up: AtomicBool::new(true),
         });
         let (requests, queue) = std_mpsc::channel();
-        let (delivery, committed) = mpsc::channel(MAX_QUEUED_DELIVERIES);
+        let (delivery, committed) = mpsc::channel(super::MAX_QUEUED_DELIVERIES);
         let writer = Writer {
             conn,
             path: path.clone(),
