@@ -177,6 +177,23 @@ class BanterServer:
         shutil.rmtree(self._log_dir, ignore_errors=True)
 
 
+def start_chat_server(grace_ms):
+    """The server a test module shares: in memory, the given reconnect grace period, and every
+    join and leave announced on its own (as in the classic example) whatever the pace of the
+    tests (docs/protocol.md, "during storms"). Stop it with `stop_server`."""
+    quiet_client_leak_warnings()
+    return BanterServer([
+        '--reconnect-grace-ms', str(grace_ms),
+        '--announce-window-ms', '0',
+    ]).start()
+
+
+def stop_server(server):
+    if server is not None:
+        server.stop()
+        server.cleanup()
+
+
 class Events:
     """Every event a python-socketio client receives, in arrival order, with its arguments.
 

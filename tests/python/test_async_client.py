@@ -29,19 +29,11 @@ SERVER = None
 
 def setUpModule():
     global SERVER
-    harness.quiet_client_leak_warnings()
-    # Every join and leave announced on its own (as in the classic example), whatever the pace
-    # of the tests; see docs/protocol.md, "during storms".
-    SERVER = harness.BanterServer([
-        '--reconnect-grace-ms', str(GRACE_MS),
-        '--announce-window-ms', '0',
-    ]).start()
+    SERVER = harness.start_chat_server(GRACE_MS)
 
 
 def tearDownModule():
-    if SERVER is not None:
-        SERVER.stop()
-        SERVER.cleanup()
+    harness.stop_server(SERVER)
 
 
 def new_client(**options):
