@@ -479,12 +479,11 @@ fn app_service_lines(env: &dyn Fn(&str) -> Option<String>, bound: Option<SocketA
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use axum::http::HeaderValue;
     use clap::Parser;
 
     use super::*;
+    use crate::config::platform::test_env as env;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -586,14 +585,6 @@ mod tests {
         assert!(same_name_other_port("[::1]:3000", "[::1]"));
         assert!(!same_name_other_port("chat.example", "chat.example"));
         assert!(!same_name_other_port("chat.example:1", "other.example:1"));
-    }
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |name| map.get(name).cloned()
     }
 
     fn lines(

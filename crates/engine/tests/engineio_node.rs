@@ -441,11 +441,7 @@ async fn a_bad_probe_is_closed_and_polling_goes_on() -> Result<()> {
     let mut ws = server.ws(&websocket(&sid)).await?;
     ws.send_text("4hello").await?;
     ws.assert_closed_within(common::WAIT).await?;
-    let res = server.post(&polling(&sid), "4still polling").await?;
-    ensure!(res.status == 200, "{res:?}");
-    let res = server.get(&polling(&sid)).await?;
-    ensure!(res.text() == "4still polling", "{res:?}");
-    Ok(())
+    server.assert_polling_echo(&sid, "4still polling").await
 }
 
 /// 4.2: a second WebSocket while an upgrade is under way is closed; the first one completes
@@ -488,11 +484,7 @@ async fn an_upgrade_not_completed_in_time_is_abandoned() -> Result<()> {
         "closed after {:?}",
         opened.elapsed()
     );
-    let res = server.post(&polling(&sid), "4still polling").await?;
-    ensure!(res.status == 200, "{res:?}");
-    let res = server.get(&polling(&sid)).await?;
-    ensure!(res.text() == "4still polling", "{res:?}");
-    Ok(())
+    server.assert_polling_echo(&sid, "4still polling").await
 }
 
 // Deliberate differences from Node.
@@ -529,11 +521,7 @@ async fn an_empty_post_is_accepted_and_ignored() -> Result<()> {
     let sid = server.open_polling().await?;
     let res = server.post(&polling(&sid), "").await?;
     ensure!(res.status == 200 && res.text() == "ok", "{res:?}");
-    let res = server.post(&polling(&sid), "4hello").await?;
-    ensure!(res.status == 200, "{res:?}");
-    let res = server.get(&polling(&sid)).await?;
-    ensure!(res.text() == "4hello", "{res:?}");
-    Ok(())
+    server.assert_polling_echo(&sid, "4hello").await
 }
 
 /// Differs from Node, which ignores a close packet over WebSocket (the session then ends by

@@ -229,6 +229,16 @@ impl TestServer {
         Ok(ws)
     }
 
+    /// Asserts that the polling session `sid` is alive and echoes: `packet` is accepted by a
+    /// POST and comes back whole from one GET (the engine example echoes every message).
+    pub async fn assert_polling_echo(&self, sid: &str, packet: &str) -> Result<()> {
+        let res = self.post(&polling(sid), packet).await?;
+        ensure!(res.status == 200, "POST {packet:?}: {res:?}");
+        let res = self.get(&polling(sid)).await?;
+        ensure!(res.text() == packet, "GET after {packet:?}: {res:?}");
+        Ok(())
+    }
+
     /// Asserts that `sid` names no session: a GET is refused with code 1.
     pub async fn assert_gone(&self, sid: &str) -> Result<()> {
         let res = self.get(&polling(sid)).await?;
