@@ -6,11 +6,15 @@
 //! fields: an idle WebSocket session holds no read buffer (frames are read through a buffer on
 //! the stack, and only the start of an incomplete frame is kept) and no write buffer (frames are
 //! written from the shared queue, several per `writev`).
+//!
+//! A WebSocket on a plain TCP connection (`tcp.rs`) is written by whoever sends to it while its
+//! queue is empty; this task writes only what the socket did not take at once, and its own
+//! frames (the open packet, pongs, close frames) go through the same queue, so that the bytes of
+//! one frame are never cut by another's.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,21 +22,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::engine::{Layer, LayerFactory, Message, Shared};
-use crate::outbox::{CLOSE, Frame, NOOP, PING, PROBE_ANSWER};
+use crate::outbox::{CLOSE, Frame, MAX_SLICES, NOOP, Outbox, PING, PROBE_ANSWER};
 use crate::proto::eio;
 use crate::proto::heartbeat::{Beat, Heartbeat};
 use crate::proto::ws::{self, FrameReader, Incoming};
 use crate::session::{CloseReason, Session, Transport};
-
-/// Bytes read from a WebSocket at once, into a buffer on the stack.
-const READ_CHUNK: usize = 8 * 1024;
-/// Frames written in one `writev`.
-const MAX_SLICES: usize = 64;
+use crate::tcp::Io;
 /// Rounds of work in one wake-up before the task yields to others.
 const MAX_ROUNDS: usize = 16;
 /// How long a closing session may take to finish: its handlers, flushing a WebSocket, or a
@@ -49,10 +47,15 @@ fn now() -> Instant {
 
 /// A WebSocket of the session: the transport, or one being probed.
 struct Ws {
-    io: TokioIo<Upgraded>,
+    io: Io,
     reader: FrameReader,
-    /// Bytes to write, and what each counts against the outbound bound.
+    /// Bytes to write, and what each counts against the outbound bound. Unused once `shared`.
     queue: VecDeque<(Bytes, usize)>,
+    /// The session's transport on a plain TCP connection: everything it sends goes through the
+    /// session's outbox, whose pushes write to the socket directly.
+    shared: bool,
+    /// The sending direction was shut down.
+    shut: bool,
     unflushed: bool,
     /// No more frames will be read (the client closed, or broke the rules).
     read_done: bool,
@@ -65,9 +68,11 @@ struct Ws {
 impl Ws {
     fn new(upgraded: Upgraded, max_payload: usize) -> Self {
         Self {
-            io: TokioIo::new(upgraded),
+            io: Io::new(upgraded),
             reader: FrameReader::new(max_payload),
             queue: VecDeque::new(),
+            shared: false,
+            shut: false,
             unflushed: false,
             read_done: false,
             broken: false,
@@ -77,33 +82,71 @@ impl Ws {
 
     /// Reads what has arrived: the messages, and how the stream ended if it did. A violation of
     /// RFC 6455 queues the close frame that answers it and ends reading.
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
-        // Not zeroed: a wake-up that finds nothing to read costs nothing here.
-        let mut buf = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut read = ReadBuf::uninit(&mut buf);
-        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+    fn poll_read(&mut self, cx: &mut Context<'_>, outbox: &Outbox) -> Poll<Read> {
+        let reader = &mut self.reader;
+        let read = self.io.poll_read(cx, |filled| {
+            let mut messages = Vec::new();
+            let broken = reader.read(filled, &mut |m| messages.push(m)).err();
+            (messages, broken)
+        });
+        match read {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(_)) => {
                 self.read_done = true;
                 Poll::Ready(Read::end(CloseReason::TransportError))
             }
-            Poll::Ready(Ok(())) => {
-                let filled = read.filled_mut();
-                if filled.is_empty() {
-                    self.read_done = true;
-                    return Poll::Ready(Read::end(CloseReason::TransportClose));
-                }
-                let mut messages = Vec::new();
+            Poll::Ready(Ok(None)) => {
+                self.read_done = true;
+                Poll::Ready(Read::end(CloseReason::TransportClose))
+            }
+            Poll::Ready(Ok(Some((messages, broken)))) => {
                 let mut end = None;
-                if let Err(err) = self.reader.read(filled, &mut |m| messages.push(m)) {
+                if let Some(err) = broken {
                     tracing::debug!(%err, "closing a WebSocket that broke the protocol");
                     self.read_done = true;
-                    self.queue.push_back((ws::close_frame(err.code), 0));
+                    self.send_control(ws::close_frame(err.code), outbox);
                     self.closing = true;
                     end = Some(CloseReason::TransportError);
                 }
                 Poll::Ready(Read { messages, end })
             }
+        }
+    }
+
+    /// Sends a frame of the WebSocket's own (a pong, a close frame) after what is queued.
+    fn send_control(&mut self, frame: Bytes, outbox: &Outbox) {
+        if self.shared {
+            outbox.push_final(Frame::raw(frame));
+        } else {
+            self.queue.push_back((frame, 0));
+        }
+    }
+
+    /// Hands the socket to `outbox` (a plain TCP connection that became the session's
+    /// transport), with what this WebSocket still had to write in front of what is queued.
+    fn share(&mut self, outbox: &Outbox) {
+        let Some(tcp) = self.io.tcp() else {
+            return;
+        };
+        for (bytes, _) in std::mem::take(&mut self.queue).into_iter().rev() {
+            outbox.push_first(Frame::raw(bytes));
+        }
+        outbox.set_direct(Some(Arc::clone(tcp)));
+        self.shared = true;
+    }
+
+    /// Writes what pushes left queued on a shared socket (marking it broken on an error), and
+    /// shuts a closing one down once everything is written.
+    fn flush_shared(&mut self, cx: &mut Context<'_>, outbox: &Outbox) {
+        let Some(tcp) = self.io.tcp() else {
+            return;
+        };
+        if !self.broken && matches!(outbox.poll_flush_to(cx, tcp), Poll::Ready(Err(_))) {
+            self.broken = true;
+        }
+        if self.closing && !self.broken && !self.shut && outbox.is_empty() {
+            self.shut = true;
+            let _ = tcp.shutdown();
         }
     }
 
@@ -116,7 +159,7 @@ impl Ws {
             for (slot, (bytes, _)) in slices.iter_mut().zip(self.queue.iter()) {
                 *slot = IoSlice::new(bytes);
             }
-            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+            match self.io.poll_write_vectored(cx, &slices[..n]) {
                 Poll::Pending => return wrote,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     self.broken = true;
@@ -142,19 +185,22 @@ impl Ws {
             }
         }
         if self.unflushed && !self.broken {
-            match Pin::new(&mut self.io).poll_flush(cx) {
+            match self.io.poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
                 Poll::Ready(Err(_)) => self.broken = true,
                 Poll::Pending => {}
             }
         }
         if self.closing && self.queue.is_empty() && !self.broken {
-            let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+            let _ = self.io.poll_shutdown(cx);
         }
         wrote
     }
 
-    fn idle(&self) -> bool {
+    fn idle(&self, outbox: &Outbox) -> bool {
+        if self.shared {
+            return outbox.is_empty();
+        }
         self.queue.is_empty() && !self.unflushed
     }
 }
@@ -389,6 +435,7 @@ impl<F: LayerFactory> State<F> {
             Ok(upgraded) => {
                 let mut ws = Ws::new(upgraded, self.shared.config.max_payload);
                 ws.queue.push_back((open.ws().clone(), 0));
+                ws.share(&self.session.outbox);
                 self.ws = Some(ws);
             }
             Err(err) => {
@@ -407,7 +454,7 @@ impl<F: LayerFactory> State<F> {
         if ws.read_done || !self.inbox.is_empty() || !self.layer.accepting() {
             return false;
         }
-        match ws.poll_read(cx) {
+        match ws.poll_read(cx, &self.session.outbox) {
             Poll::Pending => false,
             Poll::Ready(read) => {
                 self.take_incoming(read);
@@ -433,14 +480,14 @@ impl<F: LayerFactory> State<F> {
                 Incoming::Binary(data) => self.inbox.push_back(eio::Inbound::Binary(data)),
                 Incoming::Ping(data) => {
                     if let Some(ws) = &mut self.ws {
-                        ws.queue.push_back((ws::pong_frame(&data), 0));
+                        ws.send_control(ws::pong_frame(&data), &self.session.outbox);
                     }
                 }
                 Incoming::Close(_) => {
                     if let Some(ws) = &mut self.ws
                         && !ws.closing
                     {
-                        ws.queue.push_back((ws::close_frame(1000), 0));
+                        ws.send_control(ws::close_frame(1000), &self.session.outbox);
                         ws.closing = true;
                     }
                     end = end.or(Some(CloseReason::TransportClose));
@@ -543,7 +590,7 @@ impl<F: LayerFactory> State<F> {
             self.drop_probe();
             return true;
         }
-        let read = match ws.poll_read(cx) {
+        let read = match ws.poll_read(cx, &self.session.outbox) {
             Poll::Pending => return busy,
             Poll::Ready(read) => read,
         };
@@ -584,8 +631,9 @@ impl<F: LayerFactory> State<F> {
         }
         if upgrade
             && let Some(probe) = self.probe.take()
-            && let (Probe::Open { ws, .. }, _) = *probe
+            && let (Probe::Open { mut ws, .. }, _) = *probe
         {
+            ws.share(&self.session.outbox);
             self.ws = Some(ws);
             self.session.set_upgraded();
             // A GET still waiting is answered with a noop.
@@ -646,6 +694,14 @@ impl<F: LayerFactory> State<F> {
             return false;
         };
         let outbox = &self.session.outbox;
+        if ws.shared {
+            ws.flush_shared(cx, outbox);
+            if ws.broken && self.closing.is_none() {
+                self.close(CloseReason::TransportError);
+                return true;
+            }
+            return false;
+        }
         loop {
             if ws.queue.is_empty() && !ws.closing && !ws.broken {
                 let _ = outbox.poll_drain_into(cx, &mut ws.queue);
@@ -696,7 +752,12 @@ impl<F: LayerFactory> State<F> {
                     self.session.outbox.push_final(CLOSE);
                 } else {
                     self.session.outbox.close();
-                    if let Some(ws) = &mut self.ws {
+                    if let Some(ws) = &mut self.ws
+                        && ws.shared
+                    {
+                        ws.send_control(ws::close_frame(1001), &self.session.outbox);
+                        ws.closing = true;
+                    } else if let Some(ws) = &mut self.ws {
                         ws.queue.extend(
                             self.session
                                 .outbox
@@ -726,9 +787,13 @@ impl<F: LayerFactory> State<F> {
                 if let Some(ws) = &mut self.ws
                     && !ws.closing
                 {
-                    ws.queue.clear();
+                    if ws.shared {
+                        self.session.outbox.clear_unsent();
+                    } else {
+                        ws.queue.clear();
+                    }
                     if reason != CloseReason::TooSlow && reason != CloseReason::TransportClose {
-                        ws.queue.push_back((ws::close_frame(1000), 0));
+                        ws.send_control(ws::close_frame(1000), &self.session.outbox);
                     }
                     ws.closing = true;
                 }
@@ -754,7 +819,7 @@ impl<F: LayerFactory> State<F> {
         }
         if let Some(ws) = &self.ws
             && !ws.broken
-            && !ws.idle()
+            && !ws.idle(&self.session.outbox)
         {
             return false;
         }
@@ -777,6 +842,8 @@ impl<F: LayerFactory> State<F> {
     fn finish(&mut self) {
         self.shared.forget(self.session.sid());
         self.session.outbox.close();
+        // The socket closes with this task, not with the last handle on the session.
+        self.session.outbox.set_direct(None);
         {
             let mut c = self.session.control();
             c.ended = true;

@@ -22,8 +22,10 @@ pub mod proto;
 pub mod serve;
 mod session;
 pub mod socketio;
+mod tcp;
 
 pub use config::Config;
 pub use engine::{Engine, Layer, LayerFactory, Message, ResponseBody};
 pub use outbox::PushError;
 pub use session::{CloseReason, Session, Sid, Transport};
+pub use tcp::TcpConnection;

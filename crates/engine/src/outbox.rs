@@ -6,12 +6,24 @@
 //! holds the same bytes. The bound counts what a client has not yet been sent; a client that
 //! falls that far behind is closed (its queue refuses the push, and says so), so a slow reader
 //! costs bounded memory and is told nothing false: it reconnects and catches up.
+//!
+//! A WebSocket session on a plain TCP connection shares its socket with the queue (see
+//! `tcp.rs`): a push to an empty queue writes the frames at once, in the caller's task, and
+//! queues only what the socket did not take; the session's task writes the rest when the socket
+//! takes more. Bytes reach the socket in the order they were pushed, from one writer at a time
+//! (the queue's lock is held across the write), and never while anything is queued before them.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
+
+use crate::tcp::TcpConnection;
+
+/// Frames written in one `writev`.
+pub(crate) const MAX_SLICES: usize = 64;
 
 /// One Engine.IO packet, ready for either transport.
 #[derive(Debug, Clone)]
@@ -58,6 +70,16 @@ impl Frame {
         b.payload().extend_from_slice(data);
         let (ws, head) = b.finish(false);
         Self::new(ws, head, true)
+    }
+
+    /// Bytes to write on a WebSocket that are not a packet of their own (the rest of a frame
+    /// partly written, a WebSocket control frame).
+    pub(crate) fn raw(ws: Bytes) -> Self {
+        Self {
+            ws,
+            head: 0,
+            binary: false,
+        }
     }
 
     /// The bytes to write on a WebSocket.
@@ -113,6 +135,53 @@ struct State {
     overflowed: bool,
     /// The consumer, waiting for frames.
     waker: Option<Waker>,
+    /// The session's WebSocket, when pushes may write to it directly.
+    direct: Option<Arc<TcpConnection>>,
+    /// The front frame was partly written to `direct`: the rest must follow before anything
+    /// else.
+    front_partial: bool,
+}
+
+impl State {
+    /// Queues `frames` after the first `written` bytes of them, which the socket took.
+    fn queue_unwritten(&mut self, frames: &[Frame], mut written: usize) {
+        for frame in frames {
+            let len = frame.ws.len();
+            if written >= len {
+                written -= len;
+                continue;
+            }
+            let rest = if written > 0 {
+                self.front_partial = self.queue.is_empty();
+                Frame::raw(frame.ws.slice(written..))
+            } else {
+                frame.clone()
+            };
+            written = 0;
+            self.pending += rest.cost();
+            self.queue.push_back(rest);
+        }
+    }
+
+    /// Drops the first `written` bytes of the queue, which the socket took.
+    fn consume(&mut self, mut written: usize) {
+        self.pending = self.pending.saturating_sub(written);
+        while written > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                break;
+            };
+            let len = front.ws.len();
+            if written >= len {
+                written -= len;
+                self.queue.pop_front();
+                self.front_partial = false;
+            } else {
+                *front = Frame::raw(front.ws.slice(written..));
+                self.front_partial = true;
+                written = 0;
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -164,7 +233,14 @@ impl Outbox {
             if s.pending + cost > self.max_bytes {
                 s.closed = true;
                 s.overflowed = true;
-                s.queue = VecDeque::new();
+                // A frame partly written stays, so that the client reads whole frames up to
+                // the end of the connection.
+                if s.front_partial {
+                    s.queue.truncate(1);
+                    s.pending = s.queue.iter().map(Frame::cost).sum();
+                } else {
+                    s.queue = VecDeque::new();
+                }
                 let waker = s.waker.take();
                 drop(s);
                 if let Some(w) = waker {
@@ -172,8 +248,25 @@ impl Outbox {
                 }
                 return Err(PushError::Overflow);
             }
-            s.pending += cost;
-            s.queue.extend(frames.iter().cloned());
+            if s.queue.is_empty()
+                && let Some(tcp) = &s.direct
+                && frames.len() <= MAX_SLICES
+            {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                for (slot, frame) in slices.iter_mut().zip(frames) {
+                    *slot = IoSlice::new(&frame.ws);
+                }
+                // Nothing written (the socket is full, or broken) queues it all: the session's
+                // task writes it when the socket takes more, or finds the error.
+                let written = tcp.try_write_vectored(&slices[..frames.len()]).unwrap_or(0);
+                if written == cost {
+                    return Ok(());
+                }
+                s.queue_unwritten(frames, written);
+            } else {
+                s.pending += cost;
+                s.queue.extend(frames.iter().cloned());
+            }
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -235,6 +328,66 @@ impl Outbox {
             slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Lets pushes write to `tcp` directly while nothing is queued (`None`: no more).
+    pub(crate) fn set_direct(&self, tcp: Option<Arc<TcpConnection>>) {
+        self.lock().direct = tcp;
+    }
+
+    /// Writes the queue to `tcp` (the session's task, for frames pushes could not write), as
+    /// far as the socket takes them; `Ready(Ok)` once everything is written, with the consumer's
+    /// waker registered for what comes next.
+    pub(crate) fn poll_flush_to(
+        &self,
+        cx: &mut Context<'_>,
+        tcp: &TcpConnection,
+    ) -> Poll<io::Result<()>> {
+        let mut s = self.lock();
+        loop {
+            if s.queue.is_empty() {
+                match &mut s.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = s.queue.len().min(MAX_SLICES);
+            for (slot, frame) in slices.iter_mut().zip(s.queue.iter()) {
+                *slot = IoSlice::new(&frame.ws);
+            }
+            let written = match ready!(tcp.poll_write_vectored(cx, &slices[..n])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(written) => written,
+                Err(err) => return Poll::Ready(Err(err)),
+            };
+            s.consume(written);
+        }
+    }
+
+    /// Drops what is queued and not yet begun (a session closing for a client that is gone
+    /// or broken); a frame partly written is kept, so that a close frame after it is still one.
+    pub(crate) fn clear_unsent(&self) {
+        let mut s = self.lock();
+        let keep = if s.front_partial { 1 } else { 0 };
+        s.queue.truncate(keep);
+        s.pending = s.queue.iter().map(Frame::cost).sum();
+    }
+
+    /// Queues a frame before everything else (what must reach a WebSocket first, when the
+    /// session's task hands its socket to the queue). Nothing may have been written directly.
+    pub(crate) fn push_first(&self, frame: Frame) {
+        let waker = {
+            let mut s = self.lock();
+            debug_assert!(!s.front_partial);
+            s.pending += frame.cost();
+            s.queue.push_front(frame);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Takes every queued frame without waiting.
@@ -363,6 +516,107 @@ mod tests {
         assert_eq!(NOOP.payload(), b"6");
         assert_eq!(CLOSE.payload(), b"1");
         assert_eq!(PROBE_ANSWER.payload(), b"3probe");
+    }
+
+    /// Reads unmasked text frames (a server's) off `bytes`, leaving an incomplete one.
+    fn take_frames(bytes: &mut Vec<u8>) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            if bytes.len() < 2 {
+                return out;
+            }
+            assert_eq!(bytes[0], 0x81, "a whole text frame starts here");
+            let (len, head) = match bytes[1] {
+                126 if bytes.len() >= 4 => {
+                    (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4)
+                }
+                127 if bytes.len() >= 10 => {
+                    let mut len = [0; 8];
+                    len.copy_from_slice(&bytes[2..10]);
+                    (u64::from_be_bytes(len) as usize, 10)
+                }
+                126 | 127 => return out,
+                n => (usize::from(n), 2),
+            };
+            if bytes.len() < head + len {
+                return out;
+            }
+            out.push(String::from_utf8(bytes[head..head + len].to_vec()).unwrap());
+            bytes.drain(..head + len);
+        }
+    }
+
+    /// Pushes from several threads to a socket that a slow reader empties (so that writes are
+    /// partial and the queue fills and drains over and over) reach the reader as whole frames,
+    /// each pusher's in the order it pushed them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_writes_keep_frames_whole_and_in_order() {
+        use tokio::io::AsyncReadExt;
+
+        const PUSHERS: usize = 4;
+        const EACH: usize = 400;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let tcp = Arc::new(TcpConnection::new(server));
+        let out = Arc::new(Outbox::new(usize::MAX));
+        out.set_direct(Some(Arc::clone(&tcp)));
+
+        // The session's task: writes what the pushes left queued.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flusher = {
+            let (out, tcp, done) = (Arc::clone(&out), Arc::clone(&tcp), Arc::clone(&done));
+            tokio::spawn(std::future::poll_fn(move |cx| {
+                match out.poll_flush_to(cx, &tcp) {
+                    Poll::Ready(Ok(())) if done.load(Ordering::Acquire) => Poll::Ready(()),
+                    Poll::Ready(Err(err)) => panic!("{err}"),
+                    _ => Poll::Pending,
+                }
+            }))
+        };
+        let pushers: Vec<_> = (0..PUSHERS)
+            .map(|p| {
+                let out = Arc::clone(&out);
+                std::thread::spawn(move || {
+                    for seq in 0..EACH {
+                        // Sizes from a few bytes to more than the send buffer.
+                        let pad = "x".repeat((seq * 37 + p * 11) % 9_000);
+                        out.push(Frame::text(format!("{p}:{seq}:{pad}").as_bytes()))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+
+        let mut next = [0usize; PUSHERS];
+        let mut bytes = Vec::new();
+        let mut buf = vec![0; 16 * 1024];
+        while next.iter().sum::<usize>() < PUSHERS * EACH {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection ended early");
+            bytes.extend_from_slice(&buf[..n]);
+            for text in take_frames(&mut bytes) {
+                let mut parts = text.splitn(3, ':');
+                let p: usize = parts.next().unwrap().parse().unwrap();
+                let seq: usize = parts.next().unwrap().parse().unwrap();
+                assert_eq!(seq, next[p], "pusher {p}'s frames in order");
+                assert_eq!(parts.next().unwrap().len(), (seq * 37 + p * 11) % 9_000);
+                next[p] += 1;
+            }
+        }
+        for pusher in pushers {
+            pusher.join().unwrap();
+        }
+        assert!(bytes.is_empty());
+        assert!(out.is_empty());
+        done.store(true, Ordering::Release);
+        out.wake_consumer();
+        flusher.await.unwrap();
     }
 
     #[test]

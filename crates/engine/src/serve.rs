@@ -12,7 +12,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::ResponseBody;
+use crate::{ResponseBody, TcpConnection};
 
 /// Serves every connection `listener` accepts with `handle`, until the task is dropped.
 pub async fn serve<H, F>(listener: TcpListener, handle: H)
@@ -32,7 +32,7 @@ where
                 async move { Ok::<_, Infallible>(handle(req).await) }
             });
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
+                .serve_connection(TokioIo::new(TcpConnection::new(tcp)), service)
                 .with_upgrades()
                 .await;
         });

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use banter_engine::Config;
 use banter_engine::socketio::{BoxFuture, DisconnectReason, Event, Handler, Socket, SocketIo};
-use common::{Msg, TestServer, Ws, quiet_config};
+use common::{Conn, Msg, TestServer, Ws, quiet_config};
 
 /// What may wait for one client.
 const MAX_BUFFERED: usize = 64 * 1024;
@@ -82,6 +82,15 @@ async fn join(server: &TestServer, recv_buffer: Option<u32>) -> Result<(Ws, Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_and_the_others_get_everything() -> Result<()> {
+    stuck_client_is_closed(Conn::Shared).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_when_the_session_task_writes_everything() -> Result<()> {
+    stuck_client_is_closed(Conn::Task).await
+}
+
+async fn stuck_client_is_closed(conn: Conn) -> Result<()> {
     let disconnects = Disconnects::default();
     let io = SocketIo::new(Config {
         max_buffered_bytes: MAX_BUFFERED,
@@ -93,7 +102,7 @@ async fn a_client_that_stops_reading_is_closed_and_the_others_get_everything() -
             disconnects: Arc::clone(&disconnects),
         },
     );
-    let server = TestServer::socketio_with(io).await?;
+    let server = TestServer::socketio_as(io, conn).await?;
     let reason_of = |sid: &str| {
         disconnects
             .lock()

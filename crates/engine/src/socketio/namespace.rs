@@ -158,25 +158,18 @@ impl Namespace {
     }
 
     /// Calls `each` for every socket of this instance that the rooms select (every socket when
-    /// there are none), but those in `except`. A room named by a socket's id selects that socket.
-    /// Returns how many were called.
-    fn for_each(
-        &self,
-        rooms: &[String],
-        except: &[String],
-        mut each: impl FnMut(&Socket),
-    ) -> usize {
+    /// there are none), but those in `except`, under the namespace's lock. A room named by a
+    /// socket's id selects that socket.
+    fn for_each(&self, rooms: &[String], except: &[String], mut each: impl FnMut(&Socket)) {
         let m = self.read();
         let excluded: HashSet<Sid> = except
             .iter()
             .flat_map(|room| members_of(&m, room))
             .map(Socket::id)
             .collect();
-        let mut count = 0;
         let mut visit = |socket: &Socket| {
             if !excluded.contains(&socket.id()) {
                 each(socket);
-                count += 1;
             }
         };
         match rooms {
@@ -193,7 +186,6 @@ impl Namespace {
                 }
             }
         }
-        count
     }
 
     /// Carries out a broadcast another instance published.
@@ -205,9 +197,9 @@ impl Namespace {
             } => {
                 let mut frames = vec![Frame::text(packet.as_bytes())];
                 frames.extend(attachments.iter().map(|a| Frame::binary(a)));
-                self.for_each(&op.rooms, &op.except, |socket| {
+                for socket in self.select(&op.rooms, &op.except) {
                     let _ = socket.send(&frames);
-                });
+                }
             }
             RemoteAction::Disconnect => {
                 for socket in self.select(&op.rooms, &op.except) {
@@ -331,10 +323,14 @@ impl Broadcast {
     }
 
     fn send(self, frames: Vec<Frame>, attachments: Vec<Bytes>) -> usize {
-        let count = self.ns.for_each(&self.rooms, &self.except, |socket| {
+        // Taken out of the namespace's lock first: a send may write to the socket (`tcp.rs`),
+        // and a broadcast to a large room would hold joins and leaves back for all its writes.
+        let sockets = self.ns.select(&self.rooms, &self.except);
+        for socket in &sockets {
             // A socket that is gone or too slow is being closed; the others carry on.
             let _ = socket.send(&frames);
-        });
+        }
+        let count = sockets.len();
         if !self.local
             && let Some(adapter) = self.ns.registry.upgrade().and_then(|r| r.adapter())
         {

@@ -155,6 +155,20 @@ impl Socket {
         self.send(&packet.0)
     }
 
+    /// Sends prepared packets together, in this order: on a WebSocket with nothing queued they
+    /// leave in one write. (A broadcaster that has several messages for a room sends each
+    /// socket its share at once, rather than one write per message.)
+    pub fn send_packets(&self, packets: &[&super::Packet]) -> Result<(), EmitError> {
+        match packets {
+            [] => Ok(()),
+            [one] => self.send(&one.0),
+            many => {
+                let frames: Vec<Frame> = many.iter().flat_map(|p| p.0.iter().cloned()).collect();
+                self.send(&frames)
+            }
+        }
+    }
+
     /// Sends `event` with raw arguments and binary attachments (their placeholders are in the
     /// arguments already).
     pub fn emit_raw(

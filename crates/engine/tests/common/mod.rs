@@ -49,6 +49,54 @@ pub fn websocket(sid: &str) -> String {
     format!("{WEBSOCKET}&sid={sid}")
 }
 
+/// How a test server hands its connections to hyper, and so who writes to a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conn {
+    /// As `banter_engine::TcpConnection`: whoever sends writes to the socket while nothing is
+    /// queued for it (how the chat serves plain TCP).
+    Shared,
+    /// As any other connection (TLS, say): the session's task writes everything.
+    Task,
+}
+
+impl Conn {
+    /// `Shared`, unless `ENGINE_TEST_IO=task` (scripts/test runs the suite both ways).
+    pub fn from_env() -> Self {
+        match std::env::var("ENGINE_TEST_IO").as_deref() {
+            Ok("task") => Conn::Task,
+            _ => Conn::Shared,
+        }
+    }
+}
+
+/// Serves every connection with `handle`, handed to hyper as `conn` says.
+async fn serve_as<H, F>(conn: Conn, listener: tokio::net::TcpListener, handle: H)
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = hyper::Response<banter_engine::ResponseBody>> + Send + 'static,
+{
+    if conn == Conn::Shared {
+        return serve(listener, handle).await;
+    }
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handle = handle.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
 /// A server on 127.0.0.1, on a port the system chose; its accept loop is stopped when it is
 /// dropped. (Connections and sessions already running end with the test's runtime.)
 pub struct TestServer {
@@ -75,7 +123,7 @@ impl TestServer {
         let engine = Engine::new(config, EchoFactory);
         let listener = bind().await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(serve(listener, move |req| {
+        let task = tokio::spawn(serve_as(Conn::from_env(), listener, move |req| {
             let engine = engine.clone();
             async move {
                 if req.uri().path() == ENGINE_PATH {
@@ -99,9 +147,14 @@ impl TestServer {
 
     /// A Socket.IO server at `/socket.io/`.
     pub async fn socketio_with(io: SocketIo) -> Result<Self> {
+        Self::socketio_as(io, Conn::from_env()).await
+    }
+
+    /// A Socket.IO server at `/socket.io/`, whose connections go to hyper as `conn` says.
+    pub async fn socketio_as(io: SocketIo, conn: Conn) -> Result<Self> {
         let listener = bind().await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(serve(listener, move |req| {
+        let task = tokio::spawn(serve_as(conn, listener, move |req| {
             let io = io.clone();
             async move {
                 if req.uri().path() == SOCKETIO_PATH {
