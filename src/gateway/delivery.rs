@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use banter_engine::socketio::Namespace;
+use banter_engine::socketio::{Namespace, Packet};
 
 use super::ChatContext;
 use super::conn::Conn;
 use super::protocol::outbound;
 use crate::chat::StoredMessage;
-use crate::store::CommittedStream;
+use crate::store::{Committed, CommittedStream};
 
 /// How often grace periods are checked: often enough that "left" comes within a small fraction of
 /// the grace period after it ends, and never more than twice a second.
@@ -47,10 +47,69 @@ pub async fn local_forever(
 /// messages in id order. The sender's ack comes from its handler once the store has the message
 /// (with SQLite, after the commit). One task broadcasting back to back, rather than each
 /// sender's handler, also lets each socket's writes gather several messages under load.
+///
+/// Everything stored by the time the task looks is delivered together: each socket is sent its
+/// share of a room's messages at once, which on a WebSocket is one write. At a low rate that is
+/// one message per write, as soon as it is stored; when the rate outgrows what one write per
+/// message can carry, messages gather while the previous ones are written, and each write
+/// carries more of them.
 async fn deliver_committed(ns: Arc<Namespace>, mut committed: CommittedStream) {
+    let mut batch: Vec<Committed> = Vec::new();
     while let Some(group) = committed.recv().await {
-        for c in &group {
-            deliver_published(&ns, &c.room, &c.sender, &c.message);
+        batch.extend(group);
+        while batch.len() < MAX_BATCH
+            && let Ok(group) = committed.try_recv()
+        {
+            batch.extend(group);
+        }
+        for chunk in batch.chunks(MAX_BATCH) {
+            deliver_batch(&ns, chunk);
+        }
+        batch.clear();
+        if batch.capacity() > MAX_BATCH * 4 {
+            batch = Vec::new();
+        }
+    }
+}
+
+/// Messages delivered together at most: what one write to a socket may carry (the engine
+/// writes up to 64 frames at once).
+const MAX_BATCH: usize = 32;
+
+/// Delivers stored messages, in order, to this instance's sockets in their rooms, each socket
+/// its share at once (not its own messages).
+fn deliver_batch(ns: &Arc<Namespace>, batch: &[Committed]) {
+    let mut rest = batch;
+    while let Some(first) = rest.first() {
+        let same_room = rest.iter().take_while(|c| c.room == first.room).count();
+        let (run, after) = rest.split_at(same_room);
+        rest = after;
+        if let [one] = run {
+            deliver_published(ns, &one.room, &one.sender, &one.message);
+            continue;
+        }
+        let packets: Vec<(&str, Packet)> = run
+            .iter()
+            .filter_map(|c| match ns.prepare(outbound::NEW_MESSAGE, &c.message) {
+                Ok(packet) => Some((c.sender.as_str(), packet)),
+                Err(err) => {
+                    tracing::warn!(%err, "could not deliver a published message");
+                    None
+                }
+            })
+            .collect();
+        let mut share: Vec<&Packet> = Vec::with_capacity(packets.len());
+        for socket in ns.broadcast().local().to(first.room.as_str()).sockets() {
+            let id = socket.id();
+            share.clear();
+            share.extend(
+                packets
+                    .iter()
+                    .filter(|(sender, _)| *sender != id.as_str())
+                    .map(|(_, packet)| packet),
+            );
+            // A socket that is gone or too slow is being closed; the others carry on.
+            let _ = socket.send_packets(&share);
         }
     }
 }

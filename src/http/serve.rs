@@ -32,6 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use banter_engine::TcpConnection;
+
 use crate::config::net::TrustedProxies;
 use crate::http::clients::{AddressLimits, OpenSlot};
 
@@ -85,7 +87,6 @@ pub async fn serve<L>(
                 }
             }
         };
-        let io = Counted { io, _slot: slot };
         let service = router
             .clone()
             .map_request(move |request: hyper::Request<Incoming>| {
@@ -93,36 +94,92 @@ pub async fn serve<L>(
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             });
-        let builder = builder.clone();
-        let mut closing = closing_rx.clone();
-        let open = open_rx.clone();
-        tokio::spawn(async move {
-            let service = TowerToHyperService::new(service);
-            let mut connection = pin!(
-                builder
-                    .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades()
-            );
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(err) = result {
-                        tracing::trace!(%peer, %err, "connection ended with an error");
-                    }
-                    return;
+        let service = TowerToHyperService::new(service);
+        let connection = Connection {
+            builder: builder.clone(),
+            closing: closing_rx.clone(),
+            open: open_rx.clone(),
+            peer,
+        };
+        // A plain TCP connection goes to hyper as the engine's own type, so that once it is a
+        // WebSocket, broadcasts write to it directly (banter_engine::TcpConnection).
+        match into_tcp(io) {
+            Ok(tcp) => {
+                let mut tcp = TcpConnection::new(tcp);
+                if let Some(slot) = slot {
+                    tcp = tcp.holding(slot);
                 }
-                _ = closing.wait_for(|closing| *closing) => {}
+                tokio::spawn(connection.serve(tcp, service));
             }
-            connection.as_mut().graceful_shutdown();
-            if let Err(err) = connection.await {
-                tracing::trace!(%peer, %err, "connection ended with an error while closing");
+            Err(io) => {
+                tokio::spawn(connection.serve(Counted { io, _slot: slot }, service));
             }
-            drop(open);
-        });
+        }
     }
     drop(listener);
     let _ = closing_tx.send(true);
     drop(open_rx);
     open_tx.closed().await;
+}
+
+/// What serving one connection needs besides the connection.
+struct Connection {
+    builder: http1::Builder,
+    /// Becomes true when the server stops.
+    closing: watch::Receiver<bool>,
+    /// Held until the connection is done.
+    open: watch::Receiver<()>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve<I, S>(mut self, io: I, service: S)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming> + Send,
+        S::Future: Send + 'static,
+        S::ResBody: Send + 'static,
+        <S::ResBody as hyper::body::Body>::Data: Send,
+        <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let peer = self.peer;
+        let mut connection = pin!(
+            self.builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades()
+        );
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::trace!(%peer, %err, "connection ended with an error");
+                }
+                return;
+            }
+            _ = self.closing.wait_for(|closing| *closing) => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        if let Err(err) = connection.await {
+            tracing::trace!(%peer, %err, "connection ended with an error while closing");
+        }
+        drop(self.open);
+    }
+}
+
+/// The accepted connection as a plain TCP stream, when it is one (the listener is generic:
+/// plain TCP, or TLS).
+fn into_tcp<T: 'static>(io: T) -> Result<tokio::net::TcpStream, T> {
+    let mut io = Some(io);
+    let any: &mut dyn std::any::Any = &mut io;
+    if let Some(tcp) = any.downcast_mut::<Option<tokio::net::TcpStream>>()
+        && let Some(tcp) = tcp.take()
+    {
+        return Ok(tcp);
+    }
+    match io {
+        Some(io) => Err(io),
+        None => unreachable!("taken only when it is a TcpStream"),
+    }
 }
 
 /// A connection that holds its peer's place in the per-address count for as long as it is open,
