@@ -348,7 +348,8 @@ impl<F: LayerFactory> State<F> {
         let mut busy = false;
         busy |= self.take_control(cx);
         busy |= self.open(cx);
-        busy |= self.read(cx);
+        let mut read_waiting = false;
+        busy |= self.read(cx, &mut read_waiting);
         busy |= self.probe(cx);
         busy |= self.feed();
         let layer_idle = self.layer.poll_work(cx).is_ready();
@@ -356,6 +357,10 @@ impl<F: LayerFactory> State<F> {
         busy |= !self.inbox.is_empty() && self.layer.accepting();
         busy |= self.timers();
         busy |= self.write(cx);
+        // The inbox emptied, or the layer took more again, after this round's read was skipped:
+        // nothing would wake the task for what the client sends next (a write that needed no
+        // wake-up, as a direct one does, is no longer there to cover for it).
+        busy |= !read_waiting && self.wants_read();
         if was_closing
             && let Some(closing) = &self.closing
             && (now() >= closing.deadline || self.closed(layer_idle))
@@ -446,16 +451,28 @@ impl<F: LayerFactory> State<F> {
         true
     }
 
-    /// Reads the transport WebSocket, while the layer takes more.
-    fn read(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Whether the transport WebSocket is to be read now: open for reading, and the layer takes
+    /// more.
+    fn wants_read(&self) -> bool {
+        self.ws.as_ref().is_some_and(|ws| !ws.read_done)
+            && self.inbox.is_empty()
+            && self.layer.accepting()
+    }
+
+    /// Reads the transport WebSocket, while the layer takes more. `read_waiting` says whether
+    /// the task is now registered to be woken when more arrives.
+    fn read(&mut self, cx: &mut Context<'_>, read_waiting: &mut bool) -> bool {
+        if !self.wants_read() {
+            return false;
+        }
         let Some(ws) = &mut self.ws else {
             return false;
         };
-        if ws.read_done || !self.inbox.is_empty() || !self.layer.accepting() {
-            return false;
-        }
         match ws.poll_read(cx, &self.session.outbox) {
-            Poll::Pending => false,
+            Poll::Pending => {
+                *read_waiting = true;
+                false
+            }
             Poll::Ready(read) => {
                 self.take_incoming(read);
                 true

@@ -679,3 +679,22 @@ async fn an_event_name_must_be_a_string() -> Result<()> {
     ws.send_text(r#"42[1,"x"]"#).await?;
     ws.assert_closed_within(Duration::from_millis(500)).await
 }
+
+/// A client that sends thousands of events without waiting gets every ack, in order: the
+/// session keeps reading after each batch it handled, whether or not its replies needed it to
+/// wake up (on plain TCP they are written by the handler, and wake nobody).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_events_gets_every_ack_in_order() -> Result<()> {
+    const EVENTS: u64 = 3_000;
+    let server = TestServer::socketio().await?;
+    let mut ws = server.socketio_client().await?;
+    for id in 0..EVENTS {
+        ws.send_text(&format!(r#"42{id}["message-with-ack",{id}]"#))
+            .await?;
+    }
+    for id in 0..EVENTS {
+        let text = ws.next_text().await?;
+        ensure!(text == format!("43{id}[{id}]"), "ack {id}: {text:?}");
+    }
+    Ok(())
+}
