@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::ChatContext;
 use crate::chat::{Change, LOBBY};
 use crate::config::Config;
+use crate::store::Committed;
 use crate::store::redis::{self, PubSub, RedisHealth, RedisStore};
 
 /// How often an instance tells Redis it is alive.
@@ -135,11 +136,26 @@ pub async fn cluster_forever(cluster: Cluster) {
     let deliver = {
         let ns = Arc::clone(&ns);
         async move {
+            // As on a single instance: what has arrived by the time the task looks goes out
+            // together, each socket's share in one write.
+            let mut batch = Vec::new();
             while let Some(payload) = messages.recv().await {
-                match redis::parse_published(&payload) {
-                    Some(p) => super::deliver_published(&ns, LOBBY, &p.sender, &p.message),
-                    None => tracing::warn!("unreadable message on the message channel"),
+                let mut next = Some(payload);
+                while let Some(payload) = next.take() {
+                    match redis::parse_published(&payload) {
+                        Some(p) => batch.push(Committed {
+                            room: LOBBY.to_owned(),
+                            sender: p.sender,
+                            message: p.message,
+                        }),
+                        None => tracing::warn!("unreadable message on the message channel"),
+                    }
+                    if batch.len() < super::MAX_BATCH {
+                        next = messages.try_recv().ok();
+                    }
                 }
+                super::deliver_batch(&ns, &batch);
+                batch.clear();
             }
             tracing::error!("the message channel closed; cross-instance messages stop here");
         }

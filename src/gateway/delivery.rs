@@ -74,11 +74,11 @@ async fn deliver_committed(ns: Arc<Namespace>, mut committed: CommittedStream) {
 
 /// Messages delivered together at most: what one write to a socket may carry (the engine
 /// writes up to 64 frames at once).
-const MAX_BATCH: usize = 32;
+pub(super) const MAX_BATCH: usize = 32;
 
 /// Delivers stored messages, in order, to this instance's sockets in their rooms, each socket
 /// its share at once (not its own messages).
-fn deliver_batch(ns: &Arc<Namespace>, batch: &[Committed]) {
+pub(super) fn deliver_batch(ns: &Arc<Namespace>, batch: &[Committed]) {
     let mut rest = batch;
     while let Some(first) = rest.first() {
         let same_room = rest.iter().take_while(|c| c.room == first.room).count();
