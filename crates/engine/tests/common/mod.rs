@@ -75,25 +75,9 @@ where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = hyper::Response<banter_engine::ResponseBody>> + Send + 'static,
 {
-    if conn == Conn::Shared {
-        return serve(listener, handle).await;
-    }
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let handle = handle.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .with_upgrades()
-                .await;
-        });
+    match conn {
+        Conn::Shared => serve(listener, handle).await,
+        Conn::Task => banter_engine::serve::serve_as(listener, handle, |tcp| tcp).await,
     }
 }
 
