@@ -141,7 +141,17 @@ pub(crate) enum Io {
 impl Io {
     pub(crate) fn new(upgraded: Upgraded) -> Self {
         match upgraded.downcast::<TokioIo<TcpConnection>>() {
-            Ok(parts) => Io::Tcp(std::sync::Arc::new(parts.io.into_inner()), parts.read_buf),
+            // What hyper read past the handshake is a view into its whole read buffer (8 KiB
+            // and more): keep a copy of those bytes, not the buffer, or every idle connection
+            // holds one for its life.
+            Ok(parts) => {
+                let ahead = if parts.read_buf.is_empty() {
+                    Bytes::new()
+                } else {
+                    Bytes::copy_from_slice(&parts.read_buf)
+                };
+                Io::Tcp(std::sync::Arc::new(parts.io.into_inner()), ahead)
+            }
             Err(upgraded) => Io::Hyper(TokioIo::new(upgraded)),
         }
     }
@@ -170,6 +180,9 @@ impl Io {
                     let n = ahead.len().min(READ_CHUNK);
                     buf[..n].copy_from_slice(&ahead[..n]);
                     ahead.advance(n);
+                    if ahead.is_empty() {
+                        *ahead = Bytes::new();
+                    }
                     n
                 };
                 if n == 0 {
