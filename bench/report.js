@@ -129,20 +129,20 @@ function fanoutSection(transport) {
   if (!names.length) return;
   out.push(`## Fan-out (${transport})`);
   out.push('');
-  out.push('| offered/s | server | delivered/s | p50 ms | p90 ms | p99 ms | max ms | missing (all runs) | server warnings (all runs) | server CPU µs/delivery | sustained | ok |');
-  out.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
+  out.push('| offered/s | server | delivered/s | min ms | p50 ms | p90 ms | p99 ms | max ms | missing (all runs) | server warnings (all runs) | server CPU µs/delivery | sustained | ok |');
+  out.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const c of names) {
     for (const s of [...SERVERS, 'floor']) {
       if (!cases.get(c)[s] || cases.get(c)[s].length === 0) continue;
       if (s === 'floor') {
         out.push(
-          `| ${fmt(Number(c.split('-').pop()))} | Floor (one write() per delivery, no server) | ${fmt(med(c, s, 'delivered_per_s'))} | | | | | | | ` +
+          `| ${fmt(Number(c.split('-').pop()))} | Floor (one write() per delivery, no server) | ${fmt(med(c, s, 'delivered_per_s'))} | | | | | | | | ` +
             `${fmt(med(c, s, 'server_cpu_us_per_delivery'))} | | ${runsOk(c, s)} |`,
         );
         continue;
       }
       out.push(
-        `| ${fmt(Number(c.split('-').pop()))} | ${NAMES[s]} | ${fmt(med(c, s, 'delivered_per_s'))} | ${fmt(med(c, s, 'latency.p50_ms'))} | ` +
+        `| ${fmt(Number(c.split('-').pop()))} | ${NAMES[s]} | ${fmt(med(c, s, 'delivered_per_s'))} | ${fmt(med(c, s, 'latency.min_ms'))} | ${fmt(med(c, s, 'latency.p50_ms'))} | ` +
           `${fmt(med(c, s, 'latency.p90_ms'))} | ${fmt(med(c, s, 'latency.p99_ms'))} | ${fmt(med(c, s, 'latency.max_ms'))} | ` +
           `${fmt(sum(c, s, 'lost'), 0)} | ${fmt(sum(c, s, 'server_warnings'), 0)} | ${fmt(med(c, s, 'server_cpu_us_per_delivery'))} | ${sustained(c, s) ? 'yes' : 'no'} | ${runsOk(c, s)} |`,
       );

@@ -7,7 +7,7 @@
 
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -75,6 +75,7 @@ describe('bench/compare, at a small size', () => {
           assert.equal(r.expected, r.sent * (r.joined - 1));
           assert.equal(r.received, r.expected, `${server} ${name}: every delivery arrived`);
           assert.equal(r.latency.count, r.received, `${server} ${name}: a latency sample per delivery`);
+          assert.ok(r.latency.min_ms > 0 && r.latency.min_ms <= r.latency.p50_ms, `${server} ${name}: ${JSON.stringify(r.latency)}`);
           assert.ok(r.server_cpu_s !== null, `${server} ${name}: the server's CPU was read`);
         } else {
           assert.equal(r.logged_in, 25, `${server} storm: every client logged in`);
@@ -99,6 +100,28 @@ describe('bench/compare, at a small size', () => {
     const svg = readFileSync(path.join(out, 'latency.svg'), 'utf8');
     assert.match(svg, /^<svg /);
     assert.ok((svg.match(/<path /g) ?? []).length >= 4, 'p50 and p99 lines for both servers');
+  });
+
+  test('--pin gives the server side and the load a CPU each', { skip: availableParallelism() < 2 && 'one CPU' }, async (t) => {
+    const out = mkdtempSync(path.join(tmpdir(), 'banter-compare-pin-'));
+    t.after(() => rmSync(out, { recursive: true, force: true }));
+    const { code, stdout, stderr } = await run('bench/compare', [
+      '--no-build', '--banter-bin', BANTER_BIN, '--bench-bin', BENCH_BIN, '--pin',
+      '--runs', '1', '--servers', 'banter', '--scenarios', 'floor,fanout',
+      '--receivers', '12', '--senders', '2', '--loads', '130',
+      '--duration', '1', '--drain', '5', '--timeout', '30', '--out', out,
+    ]);
+    assert.equal(code, 0, `bench/compare --pin failed\n${stdout}\n${stderr}`);
+    const rows = readFileSync(path.join(out, 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const floor = rows.find((r) => r.server === 'floor');
+    assert.equal(floor?.rc, 0, JSON.stringify(floor));
+    assert.equal(floor.result.reader_cpus, '1', 'the floor reader ran on the other CPU');
+    const fanout = rows.find((r) => r.server === 'banter' && r.case === 'fanout-websocket-130');
+    assert.equal(fanout?.rc, 0, JSON.stringify(fanout));
+    assert.equal(fanout.result.received, fanout.result.expected);
+    // On the one CPU it may use, the bench runs its clients on one thread.
+    assert.equal(fanout.result.bench_runtime, 'current_thread');
+    assert.match(readFileSync(path.join(out, 'meta.txt'), 'utf8'), /--pin/);
   });
 
   test('a fan-out whose messages are refused fails, and says why', async (t) => {

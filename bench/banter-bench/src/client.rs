@@ -193,10 +193,13 @@ impl Client {
 
     /// Adds the pending counts to the shared ones.
     fn flush(&mut self) {
-        let p = std::mem::take(&mut self.pending);
-        if p.events == 0 {
+        if self.pending.events == 0 {
             return;
         }
+        // The samples' vector keeps its capacity: on one thread this runs for every frame.
+        let latency_us = std::mem::take(&mut self.pending.latency_us);
+        let mut p = std::mem::take(&mut self.pending);
+        p.latency_us = latency_us;
         let shared = &self.shared;
         shared.events.fetch_add(p.events, Relaxed);
         shared
@@ -214,6 +217,8 @@ impl Client {
                 latency.saturating_record(us.max(1));
             }
         }
+        p.latency_us.clear();
+        self.pending.latency_us = p.latency_us;
     }
 
     fn is_ready(&self) -> bool {
@@ -366,6 +371,12 @@ pub async fn run(
     client
 }
 
+/// Whether the clients run on a current-thread runtime (the bench pinned to one CPU).
+fn one_thread() -> bool {
+    tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
+}
+
 /// tungstenite zero-fills its whole read buffer (128 KiB by default) before every read from the
 /// socket: with a thousand receivers that memset was a quarter of the bench's CPU, taken from the
 /// cores it shares with the server. Chat frames are small; a larger frame still arrives whole,
@@ -396,6 +407,9 @@ async fn run_websocket(
     // The timers and the stop signal live across iterations: a receiver wakes for every
     // delivery, and building and registering them anew each time cost the bench CPU that it
     // shares with the server.
+    // On one thread the shared counters are never contended: each frame's counts go there at
+    // once, and no timer is armed per client.
+    let flush_now = one_thread();
     let flush = tokio::time::sleep(FLUSH_EVERY);
     let deadline = sleep_until(ready_deadline);
     let stopping = stopped(stop);
@@ -417,6 +431,9 @@ async fn run_websocket(
                 Some(Ok(Message::Text(text))) => {
                     if !client.on_engine(text.as_str(), out)? {
                         bail!("closed by the server");
+                    }
+                    if flush_now {
+                        client.flush();
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => bail!("connection closed"),

@@ -46,6 +46,8 @@ pub struct FloorParams {
     pub batch: usize,
     /// Bytes of a frame's payload.
     pub frame_bytes: usize,
+    /// CPUs the reader runs on (a `taskset -c` list); the writer's are the caller's to set.
+    pub reader_cpus: Option<String>,
 }
 
 /// The reader side: connects `sockets` times to `addr` and reads until every connection ends.
@@ -88,8 +90,17 @@ impl Drop for Reader {
 pub fn floor(p: &FloorParams) -> anyhow::Result<Outcome> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
+    let exe = std::env::current_exe()?;
+    let mut command = match &p.reader_cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
     let reader = Reader(
-        Command::new(std::env::current_exe()?)
+        command
             .args(["floor-reader", "--addr", &addr.to_string()])
             .args(["--sockets", &p.sockets.to_string()])
             .stdin(Stdio::null())
@@ -158,6 +169,7 @@ pub fn floor(p: &FloorParams) -> anyhow::Result<Outcome> {
         "ok": blocked == 0,
         "sockets": p.sockets,
         "batch": batch,
+        "reader_cpus": p.reader_cpus,
         "frame_bytes": one.len(),
         "offered_deliveries_per_s": p.rate,
         "delivered_per_s": round2(frames as f64 / elapsed),

@@ -111,6 +111,10 @@ enum Scenario {
         /// Copied into the JSON result.
         #[arg(long, default_value = "floor")]
         label: String,
+        /// Run the reader on these CPUs (a `taskset -c` list, e.g. `1`), so that writer and
+        /// reader each have a core, as a server and its remote clients do.
+        #[arg(long)]
+        reader_cpus: Option<String>,
     },
     /// The reading side of `floor` (started by it).
     #[command(hide = true)]
@@ -122,9 +126,30 @@ enum Scenario {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Pinned to one CPU (`taskset -c 1`, as `bench/compare --pin` runs it), a second worker
+    // thread could not run anyway, and tokio's multi-threaded scheduler costs more per wake-up
+    // (atomics, waking idle workers) than its current-thread one: the bench would read each
+    // delivery more slowly than it must, and that shows in the latency it measures.
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let runtime = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: no tokio runtime: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> std::process::ExitCode {
     let outcome = match &cli.scenario {
         Scenario::Idle {
             common,
@@ -156,6 +181,7 @@ async fn main() -> std::process::ExitCode {
             batch,
             frame_bytes,
             label: _,
+            reader_cpus,
         } => {
             let params = floor::FloorParams {
                 sockets: *sockets,
@@ -163,8 +189,16 @@ async fn main() -> std::process::ExitCode {
                 duration: Duration::from_secs_f64(*duration),
                 batch: *batch,
                 frame_bytes: *frame_bytes,
+                reader_cpus: reader_cpus.clone(),
             };
-            tokio::task::block_in_place(|| floor::floor(&params))
+            // The floor's writer is synchronous: it may hold the runtime's only thread, and on
+            // a multi-threaded one it tells tokio so.
+            match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(|| floor::floor(&params))
+                }
+                _ => floor::floor(&params),
+            }
         }
         Scenario::FloorReader { addr, sockets } => {
             let (addr, sockets) = (addr.clone(), *sockets);

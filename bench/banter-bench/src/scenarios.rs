@@ -63,6 +63,11 @@ fn base_json(common: &Common, scenario: &str) -> Value {
         "label": common.label,
         "transport": common.transport.name(),
         "urls": common.url,
+        // One thread when the bench may use one CPU only (main.rs).
+        "bench_runtime": match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+            _ => "multi_thread",
+        },
     })
 }
 

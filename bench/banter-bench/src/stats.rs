@@ -21,14 +21,16 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// p50/p90/p99/max in milliseconds, as JSON.
+/// min/p50/p90/p99/max in milliseconds, as JSON. The minimum is the fixed part of a delivery's
+/// path (sender, server, first receiver); the rest of the spread is the fan-out's own.
 pub fn latency_json(h: &Histogram<u64>) -> Value {
     let ms = |us: u64| us as f64 / 1000.0;
     if h.is_empty() {
-        return json!({"count": 0, "p50_ms": null, "p90_ms": null, "p99_ms": null, "max_ms": null});
+        return json!({"count": 0, "min_ms": null, "p50_ms": null, "p90_ms": null, "p99_ms": null, "max_ms": null});
     }
     json!({
         "count": h.len(),
+        "min_ms": ms(h.min()),
         "p50_ms": ms(h.value_at_quantile(0.50)),
         "p90_ms": ms(h.value_at_quantile(0.90)),
         "p99_ms": ms(h.value_at_quantile(0.99)),
@@ -36,14 +38,15 @@ pub fn latency_json(h: &Histogram<u64>) -> Value {
     })
 }
 
-/// One line for humans: `p50 1.2 ms, p90 ..., max ...`.
+/// One line for humans: `min 0.3 ms, p50 1.2 ms, p90 ..., max ...`.
 pub fn latency_line(h: &Histogram<u64>) -> String {
     if h.is_empty() {
         return "no samples".into();
     }
     let ms = |us: u64| us as f64 / 1000.0;
     format!(
-        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+        "min {:.2} ms, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+        ms(h.min()),
         ms(h.value_at_quantile(0.50)),
         ms(h.value_at_quantile(0.90)),
         ms(h.value_at_quantile(0.99)),
