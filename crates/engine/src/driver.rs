@@ -63,6 +63,9 @@ struct Ws {
     broken: bool,
     /// Shut down after the queue is written.
     closing: bool,
+    /// The payload of the latest ping, whose pong waits for what was sent before it (see
+    /// `answer_ping`).
+    pong_owed: Option<Bytes>,
 }
 
 impl Ws {
@@ -77,6 +80,7 @@ impl Ws {
             read_done: false,
             broken: false,
             closing: false,
+            pong_owed: None,
         }
     }
 
@@ -119,6 +123,41 @@ impl Ws {
             outbox.push_final(Frame::raw(frame));
         } else {
             self.queue.push_back((frame, 0));
+        }
+    }
+
+    /// Answers a ping. While anything sent before is still unwritten, the pong waits, and a
+    /// later ping replaces it: RFC 6455 (5.5.3) lets an endpoint that has not yet answered a
+    /// ping answer only the latest. So a client that sends pings and reads nothing costs one
+    /// pong, not one per ping (its broadcasts still count against the outbound bound).
+    fn answer_ping(&mut self, data: Bytes, outbox: &Outbox) {
+        if self.closing {
+            return;
+        }
+        if self.unwritten(outbox) {
+            self.pong_owed = Some(data);
+        } else {
+            self.send_control(ws::pong_frame(&data), outbox);
+        }
+    }
+
+    /// Queues the pong that `answer_ping` held back, once everything before it is written;
+    /// `true` when it did.
+    fn release_pong(&mut self, outbox: &Outbox) -> bool {
+        if self.pong_owed.is_none() || self.unwritten(outbox) || self.closing {
+            return false;
+        }
+        if let Some(data) = self.pong_owed.take() {
+            self.send_control(ws::pong_frame(&data), outbox);
+        }
+        true
+    }
+
+    /// Something this WebSocket was given to send is not written yet.
+    fn unwritten(&self, outbox: &Outbox) -> bool {
+        match self.shared {
+            true => !outbox.is_empty(),
+            false => !self.queue.is_empty(),
         }
     }
 
@@ -497,7 +536,7 @@ impl<F: LayerFactory> State<F> {
                 Incoming::Binary(data) => self.inbox.push_back(eio::Inbound::Binary(data)),
                 Incoming::Ping(data) => {
                     if let Some(ws) = &mut self.ws {
-                        ws.send_control(ws::pong_frame(&data), &self.session.outbox);
+                        ws.answer_ping(data, &self.session.outbox);
                     }
                 }
                 Incoming::Close(_) => {
@@ -602,7 +641,10 @@ impl<F: LayerFactory> State<F> {
         let Probe::Open { ws, probed } = probe else {
             return false;
         };
-        let busy = ws.poll_write(cx, |_| {});
+        let mut busy = ws.poll_write(cx, |_| {});
+        if ws.release_pong(&self.session.outbox) {
+            busy |= ws.poll_write(cx, |_| {});
+        }
         if ws.broken {
             self.drop_probe();
             return true;
@@ -618,7 +660,7 @@ impl<F: LayerFactory> State<F> {
             let packet = match message {
                 Incoming::Text(text) => eio::decode_text(text),
                 Incoming::Ping(data) => {
-                    ws.queue.push_back((ws::pong_frame(&data), 0));
+                    ws.answer_ping(data, &self.session.outbox);
                     continue;
                 }
                 Incoming::Binary(_) | Incoming::Close(_) => {
@@ -713,6 +755,9 @@ impl<F: LayerFactory> State<F> {
         let outbox = &self.session.outbox;
         if ws.shared {
             ws.flush_shared(cx, outbox);
+            if ws.release_pong(outbox) {
+                ws.flush_shared(cx, outbox);
+            }
             if ws.broken && self.closing.is_none() {
                 self.close(CloseReason::TransportError);
                 return true;
@@ -720,6 +765,9 @@ impl<F: LayerFactory> State<F> {
             return false;
         }
         loop {
+            if ws.queue.is_empty() && !ws.closing && !ws.broken {
+                ws.release_pong(outbox);
+            }
             if ws.queue.is_empty() && !ws.closing && !ws.broken {
                 let _ = outbox.poll_drain_into(cx, &mut ws.queue);
             }

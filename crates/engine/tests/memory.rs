@@ -6,7 +6,10 @@
 //! written by hand and read the open packet into a buffer on the stack, so what the count grows
 //! by is the server's session, plus one tokio registration per client socket.
 //!
-//! A session that kept a buffer it no longer uses (hyper's 8 KiB read buffer, say) shows here.
+//! A session that kept a buffer it no longer uses (hyper's 8 KiB read buffer, say) shows here,
+//! and so does one that queues an answer to every WebSocket ping of a client that reads none.
+//!
+//! The count is the whole binary's: the tests take turns (`serial`).
 
 mod common;
 
@@ -18,7 +21,8 @@ use anyhow::{Context, Result, ensure};
 use banter_engine::Config;
 use common::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Mutex, MutexGuard};
 
 /// The system allocator, counting the bytes it has live.
 struct Counting;
@@ -56,10 +60,20 @@ const SESSIONS: usize = 400;
 /// the whole RSS of an idle connection (issue 11).
 const BOUND: isize = 4 * 1024;
 
+/// One test at a time: each measures what the whole binary allocates.
+async fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 /// Opens a WebSocket session by hand and reads its open packet; returns the connection, which
 /// holds nothing on this side but the socket.
 async fn open(server: &TestServer) -> Result<TcpStream> {
-    let mut tcp = TcpStream::connect(server.addr()).await?;
+    upgrade(TcpStream::connect(server.addr()).await?, server).await
+}
+
+/// Does the WebSocket handshake on `tcp` and reads the open packet.
+async fn upgrade(mut tcp: TcpStream, server: &TestServer) -> Result<TcpStream> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -91,6 +105,7 @@ async fn open(server: &TestServer) -> Result<TcpStream> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_websocket_session_holds_a_few_kib_of_heap() -> Result<()> {
+    let _serial = serial().await;
     let server = TestServer::engine_with(Config {
         ping_interval: Duration::from_secs(60),
         ..Config::default()
@@ -117,5 +132,103 @@ async fn an_idle_websocket_session_holds_a_few_kib_of_heap() -> Result<()> {
     );
     drop(warm);
     drop(clients);
+    Ok(())
+}
+
+/// WebSocket pings the flooding client sends: 10 MB of frames, whose pongs (6 MB) are more than
+/// the kernel buffers of a loopback connection hold.
+const PINGS: usize = 1_000_000;
+
+/// A client ping frame with a 4-byte payload, masked as a client's must be.
+const PING: [u8; 10] = {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let data = *b"beat";
+    [
+        0x89,
+        0x84,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        data[0] ^ mask[0],
+        data[1] ^ mask[1],
+        data[2] ^ mask[2],
+        data[3] ^ mask[3],
+    ]
+};
+
+/// The frames a server sent: (opcode, payload), for unmasked frames of under 126 bytes.
+fn frames(mut bytes: &[u8]) -> (Vec<(u8, Vec<u8>)>, usize) {
+    let mut out = Vec::new();
+    let mut used = 0;
+    while bytes.len() >= 2 && bytes.len() >= 2 + usize::from(bytes[1] & 0x7f) {
+        let len = usize::from(bytes[1] & 0x7f);
+        out.push((bytes[0] & 0x0f, bytes[2..2 + len].to_vec()));
+        bytes = &bytes[2 + len..];
+        used += 2 + len;
+    }
+    (out, used)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_from_a_client_that_reads_nothing_cost_one_pong() -> Result<()> {
+    let _serial = serial().await;
+    let server = TestServer::engine_with(Config {
+        ping_interval: Duration::from_secs(60),
+        ..Config::default()
+    })
+    .await?;
+    // A small receive buffer: the client's side of the connection fills up at once.
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut tcp = upgrade(socket.connect(server.addr()).await?, &server).await?;
+    let flood: Vec<u8> = PING.repeat(PINGS);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = LIVE.load(Relaxed);
+    tcp.write_all(&flood).await?;
+    // The server has read every ping once it answers a message sent after them.
+    tcp.write_all(&[0x81, 0x86, 0, 0, 0, 0, b'4', b'h', b'e', b'l', b'l', b'o'])
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grown = LIVE.load(Relaxed) - before;
+    eprintln!("{grown} bytes of heap after {PINGS} pings that were not read");
+    // Read everything now: pongs (as many as the sockets' buffers held, and the latest ping's),
+    // then the echo.
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut len, mut pongs) = (0, 0);
+    let echoed = loop {
+        let n = tokio::time::timeout(common::WAIT, tcp.read(&mut buf[len..]))
+            .await
+            .context("waiting for the echo after the pongs")??;
+        ensure!(n > 0, "the server closed the connection");
+        len += n;
+        let (seen, used) = frames(&buf[..len]);
+        buf.copy_within(used..len, 0);
+        len -= used;
+        let mut echo = None;
+        for (opcode, payload) in seen {
+            match opcode {
+                0xa => {
+                    ensure!(payload == b"beat", "a pong must carry its ping's data");
+                    pongs += 1;
+                }
+                0x1 => echo = Some(payload),
+                other => anyhow::bail!("unexpected opcode {other}"),
+            }
+        }
+        if let Some(echo) = echo {
+            break echo;
+        }
+    };
+    eprintln!("{pongs} pongs for {PINGS} pings");
+    ensure!(echoed == b"4hello", "the session must still echo");
+    // When every ping had its pong queued, this grew by 24 MB (2026-12-05, debug build), and
+    // the client read a pong for every ping; now 0 bytes, and 2,500 pongs (what the kernel's
+    // buffers took while the outbound queue was empty).
+    ensure!(
+        grown < 256 * 1024,
+        "{grown} bytes of heap grew with pings nobody read"
+    );
+    ensure!(pongs < PINGS / 2, "{pongs} pongs: one queued per ping");
     Ok(())
 }
