@@ -41,6 +41,33 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// already on its way.
 const CLIENT_CLOSE_LINGER: Duration = Duration::from_millis(500);
 
+/// How long a probe given up has to take its close frame.
+const PROBE_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Closes a probe WebSocket that will not be the transport (a bad probe, an upgrade that timed
+/// out): what it still had to send, a close frame, then the end of the stream, as Node's server
+/// does; not a bare end of the stream, which a client reports as an abnormal closure.
+async fn close_probe(mut ws: Ws) {
+    // One that broke the protocol has its close frame, with the rule's code, queued already.
+    if !ws.closing {
+        ws.queue.push_back((ws::close_frame(1000), 0));
+    }
+    let closed = std::future::poll_fn(|cx| {
+        ws.poll_write(cx, |_| {});
+        if ws.broken {
+            return Poll::Ready(());
+        }
+        if !ws.queue.is_empty() {
+            return Poll::Pending;
+        }
+        if ws.io.poll_flush(cx).is_pending() {
+            return Poll::Pending;
+        }
+        ws.io.poll_shutdown(cx).map(|_| ())
+    });
+    let _ = tokio::time::timeout(PROBE_CLOSE_TIMEOUT, closed).await;
+}
+
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -66,6 +93,10 @@ struct Ws {
     /// The payload of the latest ping, whose pong waits for what was sent before it (see
     /// `answer_ping`).
     pong_owed: Option<Bytes>,
+    /// With the shared queue: the queue's mark when the first unanswered ping came.
+    pong_after: u64,
+    /// The front of `queue` is the rest of a frame partly written.
+    front_partial: bool,
 }
 
 impl Ws {
@@ -81,6 +112,8 @@ impl Ws {
             broken: false,
             closing: false,
             pong_owed: None,
+            pong_after: 0,
+            front_partial: false,
         }
     }
 
@@ -126,39 +159,51 @@ impl Ws {
         }
     }
 
-    /// Answers a ping. While anything sent before is still unwritten, the pong waits, and a
-    /// later ping replaces it: RFC 6455 (5.5.3) lets an endpoint that has not yet answered a
+    /// Answers a ping. While anything sent before it is still unwritten, the pong waits, and
+    /// a later ping replaces it: RFC 6455 (5.5.3) lets an endpoint that has not yet answered a
     /// ping answer only the latest. So a client that sends pings and reads nothing costs one
-    /// pong, not one per ping (its broadcasts still count against the outbound bound).
+    /// pong, not one per ping (its broadcasts still count against the outbound bound). The
+    /// pong leaves once what was queued before the first unanswered ping is written, ahead of
+    /// what was queued since: a client that reads a little slower than its room sends gets
+    /// its pong as soon as it has read up to its ping, not when it has caught up.
     fn answer_ping(&mut self, data: Bytes, outbox: &Outbox) {
         if self.closing {
             return;
         }
-        if self.unwritten(outbox) {
-            self.pong_owed = Some(data);
-        } else {
-            self.send_control(ws::pong_frame(&data), outbox);
+        if let Some(owed) = &mut self.pong_owed {
+            // Only writing can release it, and `write` looks: nothing to check per ping (a
+            // flood of pings costs no more than reading them).
+            *owed = data;
+            return;
         }
+        self.pong_after = if self.shared { outbox.mark() } else { 0 };
+        self.pong_owed = Some(data);
+        self.release_pong(outbox);
     }
 
-    /// Queues the pong that `answer_ping` held back, once everything before it is written;
-    /// `true` when it did.
+    /// Queues the pong that `answer_ping` held back, once everything before its ping is
+    /// written; `true` when it did.
     fn release_pong(&mut self, outbox: &Outbox) -> bool {
-        if self.pong_owed.is_none() || self.unwritten(outbox) || self.closing {
+        if self.pong_owed.is_none() || self.closing {
+            return false;
+        }
+        let ready = match self.shared {
+            true => outbox.has_left(self.pong_after),
+            // The task's own queue holds what was taken before the ping; the pong goes
+            // before anything taken from the outbox after it is written.
+            false => self.queue.is_empty(),
+        };
+        if !ready {
             return false;
         }
         if let Some(data) = self.pong_owed.take() {
-            self.send_control(ws::pong_frame(&data), outbox);
+            let pong = ws::pong_frame(&data);
+            match self.shared {
+                true => outbox.push_control(Frame::raw(pong)),
+                false => self.queue.push_back((pong, 0)),
+            }
         }
         true
-    }
-
-    /// Something this WebSocket was given to send is not written yet.
-    fn unwritten(&self, outbox: &Outbox) -> bool {
-        match self.shared {
-            true => !outbox.is_empty(),
-            false => !self.queue.is_empty(),
-        }
     }
 
     /// Hands the socket to `outbox` (a plain TCP connection that became the session's
@@ -167,11 +212,14 @@ impl Ws {
         let Some(tcp) = self.io.tcp() else {
             return;
         };
-        for (bytes, _) in std::mem::take(&mut self.queue).into_iter().rev() {
-            outbox.push_first(Frame::raw(bytes));
+        let queue = std::mem::take(&mut self.queue);
+        for (i, (bytes, _)) in queue.into_iter().enumerate().rev() {
+            outbox.push_first(Frame::raw(bytes), i == 0 && self.front_partial);
         }
         outbox.set_direct(Some(Arc::clone(tcp)));
         self.shared = true;
+        // A pong owed waits for all that is queued now, as for a ping that came now.
+        self.pong_after = outbox.mark();
     }
 
     /// Writes what pushes left queued on a shared socket (marking it broken on an error), and
@@ -215,8 +263,10 @@ impl Ws {
                             written -= front.len();
                             done(*cost);
                             self.queue.pop_front();
+                            self.front_partial = false;
                         } else {
                             front.advance(written);
+                            self.front_partial = true;
                             written = 0;
                         }
                     }
@@ -452,12 +502,15 @@ impl<F: LayerFactory> State<F> {
                 w.wake();
             }
         }
-        if let Some(upgrade) = c.probe.take()
-            && self.probe.is_none()
-            && self.closing.is_none()
-        {
-            let deadline = now() + self.shared.config.upgrade_timeout;
-            self.probe = Some(Box::new((Probe::Upgrading(upgrade), deadline)));
+        if let Some(upgrade) = c.probe.take() {
+            if self.probe.is_none() && self.closing.is_none() {
+                let deadline = now() + self.shared.config.upgrade_timeout;
+                self.probe = Some(Box::new((Probe::Upgrading(upgrade), deadline)));
+            } else {
+                // A second probe while one is under way, or a probe of a session that is
+                // closing: accepted and closed, as `Engine::probe` does when it can tell.
+                tokio::spawn(crate::engine::close_at_once(upgrade));
+            }
         }
         false
     }
@@ -539,11 +592,14 @@ impl<F: LayerFactory> State<F> {
                         ws.answer_ping(data, &self.session.outbox);
                     }
                 }
-                Incoming::Close(_) => {
+                Incoming::Close(code) => {
                     if let Some(ws) = &mut self.ws
                         && !ws.closing
                     {
-                        ws.send_control(ws::close_frame(1000), &self.session.outbox);
+                        // The answer echoes the client's code (RFC 6455 5.5.1), or has none when
+                        // the client's had none, as Node's does.
+                        let answer = code.map_or_else(ws::empty_close_frame, ws::close_frame);
+                        ws.send_control(answer, &self.session.outbox);
                         ws.closing = true;
                     }
                     end = end.or(Some(CloseReason::TransportClose));
@@ -714,7 +770,12 @@ impl<F: LayerFactory> State<F> {
 
     /// Gives up an upgrade: polling goes on.
     fn drop_probe(&mut self) {
-        self.probe = None;
+        if let Some(probe) = self.probe.take()
+            && let (Probe::Open { ws, .. }, _) = *probe
+            && !ws.broken
+        {
+            tokio::spawn(close_probe(ws));
+        }
         if self.session.probed() {
             self.session.set_probed(false);
         }
@@ -855,9 +916,13 @@ impl<F: LayerFactory> State<F> {
                     if ws.shared {
                         self.session.outbox.clear_unsent();
                     } else {
-                        ws.queue.clear();
+                        // A frame partly written is finished, so that the close frame is one.
+                        ws.queue.truncate(usize::from(ws.front_partial));
                     }
-                    if reason != CloseReason::TooSlow && reason != CloseReason::TransportClose {
+                    // A client that closed its side hears nothing more; one that sent Engine.IO's
+                    // close packet gets the WebSocket's closing handshake (RFC 6455 7.1.2).
+                    let gone = reason == CloseReason::TransportClose && ws.read_done;
+                    if reason != CloseReason::TooSlow && !gone {
                         ws.send_control(ws::close_frame(1000), &self.session.outbox);
                     }
                     ws.closing = true;

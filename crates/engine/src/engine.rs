@@ -187,6 +187,11 @@ impl<F: LayerFactory> Engine<F> {
         if session.gone(tokio::time::Instant::now().into_std()) {
             return error(ErrorCode::UnknownSid);
         }
+        // Every request of a session speaks its protocol, 4 (Node: `PROTOCOL_MISMATCH`, EIO
+        // missing counting as 3); the session lives on.
+        if query.eio.as_deref() != Some("4") {
+            return error(ErrorCode::BadRequest);
+        }
         match transport {
             Transport::WebSocket => self.probe(req, &session),
             Transport::Polling if session.transport() != Transport::Polling => {
@@ -287,7 +292,7 @@ impl<F: LayerFactory> Engine<F> {
 }
 
 /// Closes a WebSocket as soon as it is open.
-async fn close_at_once(on_upgrade: hyper::upgrade::OnUpgrade) {
+pub(crate) async fn close_at_once(on_upgrade: hyper::upgrade::OnUpgrade) {
     use tokio::io::AsyncWriteExt;
     let Ok(upgraded) = on_upgrade.await else {
         return;
@@ -328,22 +333,67 @@ fn websocket_accept<B>(
         );
         return Err(response);
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+    // The key is 16 random bytes in base64 (RFC 6455 4.1): 22 characters and `==`. Node's `ws`
+    // refuses any other with 400.
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|key| is_websocket_key(key.as_bytes()))
+    else {
         return Err(error(ErrorCode::BadRequest));
     };
     let accept = crate::proto::ws::accept_key(key.as_bytes());
+    // A client that offers subprotocols must get one of them back, or it fails the connection
+    // (RFC 6455 4.1): the first, as Node's `ws` chooses when nothing else is set. A list that is
+    // not tokens is refused, as by `ws`.
+    let mut offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .peekable();
+    let protocol = match offered.peek() {
+        None => None,
+        Some(first) => {
+            let first = HeaderValue::from_bytes(first).ok();
+            if !offered.all(is_token) {
+                return Err(error(ErrorCode::BadRequest));
+            }
+            first
+        }
+    };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         // Not served by hyper over HTTP/1.1: there is no connection to take over.
         return Err(error(ErrorCode::BadRequest));
     };
-    let response = Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Full::default())
         .unwrap_or_default();
+    if let Some(protocol) = protocol {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
     Ok((on_upgrade, response))
+}
+
+/// An HTTP token (RFC 9110 5.6.2): what a subprotocol's name must be.
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+}
+
+/// A `Sec-WebSocket-Key` as RFC 6455 has it: 16 bytes in base64.
+fn is_websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
 /// Node's answer to a refused request: 400 and `{"code":N,"message":"..."}`.

@@ -131,6 +131,10 @@ struct State {
     queue: VecDeque<Frame>,
     /// Bytes pushed and not yet reported written (queued, or taken and being written).
     pending: usize,
+    /// Bytes that ever entered `queue` (what a direct write took at once never did), and the
+    /// bytes in it now: whether everything queued before a moment has left, in constant time.
+    entered: u64,
+    queued: usize,
     closed: bool,
     overflowed: bool,
     /// The consumer, waiting for frames.
@@ -159,6 +163,8 @@ impl State {
             };
             written = 0;
             self.pending += rest.cost();
+            self.entered += rest.cost() as u64;
+            self.queued += rest.cost();
             self.queue.push_back(rest);
         }
     }
@@ -166,6 +172,7 @@ impl State {
     /// Drops the first `written` bytes of the queue, which the socket took.
     fn consume(&mut self, mut written: usize) {
         self.pending = self.pending.saturating_sub(written);
+        self.queued = self.queued.saturating_sub(written);
         while written > 0 {
             let Some(front) = self.queue.front_mut() else {
                 break;
@@ -241,6 +248,7 @@ impl Outbox {
                 } else {
                     s.queue = VecDeque::new();
                 }
+                s.queued = s.queue.iter().map(Frame::cost).sum();
                 let waker = s.waker.take();
                 drop(s);
                 if let Some(w) = waker {
@@ -265,6 +273,8 @@ impl Outbox {
                 s.queue_unwritten(frames, written);
             } else {
                 s.pending += cost;
+                s.entered += cost as u64;
+                s.queued += cost;
                 s.queue.extend(frames.iter().cloned());
             }
             s.waker.take()
@@ -279,6 +289,7 @@ impl Outbox {
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Take> {
         let mut s = self.lock();
         if !s.queue.is_empty() {
+            s.queued = 0;
             return Poll::Ready(Take::Frames(std::mem::take(&mut s.queue)));
         }
         if s.closed {
@@ -301,6 +312,7 @@ impl Outbox {
     ) -> Poll<bool> {
         let mut s = self.lock();
         if !s.queue.is_empty() {
+            s.queued = 0;
             // The queue's allocation goes with its frames when the writer has none; an idle
             // session keeps no room for frames (both queues are freed once empty).
             if into.is_empty() {
@@ -373,15 +385,20 @@ impl Outbox {
         let keep = if s.front_partial { 1 } else { 0 };
         s.queue.truncate(keep);
         s.pending = s.queue.iter().map(Frame::cost).sum();
+        s.queued = s.pending;
     }
 
     /// Queues a frame before everything else (what must reach a WebSocket first, when the
-    /// session's task hands its socket to the queue). Nothing may have been written directly.
-    pub(crate) fn push_first(&self, frame: Frame) {
+    /// session's task hands its socket to the queue); `partial`: the rest of a frame partly
+    /// written, which nothing may go before or inside. Nothing may have been written directly.
+    pub(crate) fn push_first(&self, frame: Frame, partial: bool) {
         let waker = {
             let mut s = self.lock();
             debug_assert!(!s.front_partial);
             s.pending += frame.cost();
+            s.entered += frame.cost() as u64;
+            s.queued += frame.cost();
+            s.front_partial = partial;
             s.queue.push_front(frame);
             s.waker.take()
         };
@@ -392,7 +409,9 @@ impl Outbox {
 
     /// Takes every queued frame without waiting.
     pub(crate) fn take_now(&self) -> VecDeque<Frame> {
-        std::mem::take(&mut self.lock().queue)
+        let mut s = self.lock();
+        s.queued = 0;
+        std::mem::take(&mut s.queue)
     }
 
     /// Wakes the consumer waiting now, if any (a GET to release after an upgrade).
@@ -439,12 +458,44 @@ impl Outbox {
         let waker = {
             let mut s = self.lock();
             s.pending += frame.cost();
+            s.entered += frame.cost() as u64;
+            s.queued += frame.cost();
             s.queue.push_back(frame);
             s.waker.take()
         };
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// Queues a WebSocket control frame (a pong) ahead of every whole frame queued: RFC 6455
+    /// lets one go between any two frames, not inside one, so a frame partly written goes
+    /// first.
+    pub(crate) fn push_control(&self, frame: Frame) {
+        let waker = {
+            let mut s = self.lock();
+            s.pending += frame.cost();
+            s.entered += frame.cost() as u64;
+            s.queued += frame.cost();
+            let at = usize::from(s.front_partial).min(s.queue.len());
+            s.queue.insert(at, frame);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// A mark of this moment in the queue, for `has_left`.
+    pub(crate) fn mark(&self) -> u64 {
+        self.lock().entered
+    }
+
+    /// Everything that was queued at `mark` has left the queue (written, taken or dropped).
+    pub(crate) fn has_left(&self, mark: u64) -> bool {
+        let s = self.lock();
+        debug_assert_eq!(s.queued, s.queue.iter().map(Frame::cost).sum::<usize>());
+        s.entered - s.queued as u64 >= mark
     }
 }
 

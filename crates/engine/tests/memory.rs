@@ -7,7 +7,8 @@
 //! by is the server's session, plus one tokio registration per client socket.
 //!
 //! A session that kept a buffer it no longer uses (hyper's 8 KiB read buffer, say) shows here,
-//! and so does one that queues an answer to every WebSocket ping of a client that reads none.
+//! and so does one that queues an answer to every WebSocket ping of a client that reads none
+//! (and, beside it, that holding pongs back does not make a slow reader's pong late).
 //!
 //! The count is the whole binary's: the tests take turns (`serial`).
 
@@ -157,17 +158,38 @@ const PING: [u8; 10] = {
     ]
 };
 
-/// The frames a server sent: (opcode, payload), for unmasked frames of under 126 bytes.
+/// The frames a server sent: (opcode, payload), for unmasked frames of under 64 KiB; and how
+/// many bytes they took.
 fn frames(mut bytes: &[u8]) -> (Vec<(u8, Vec<u8>)>, usize) {
     let mut out = Vec::new();
     let mut used = 0;
-    while bytes.len() >= 2 && bytes.len() >= 2 + usize::from(bytes[1] & 0x7f) {
-        let len = usize::from(bytes[1] & 0x7f);
-        out.push((bytes[0] & 0x0f, bytes[2..2 + len].to_vec()));
-        bytes = &bytes[2 + len..];
-        used += 2 + len;
+    while bytes.len() >= 2 {
+        let (len, head) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            126 => break,
+            127 => panic!("a frame of 64 KiB or more"),
+            len => (usize::from(len), 2),
+        };
+        if bytes.len() < head + len {
+            break;
+        }
+        out.push((bytes[0] & 0x0f, bytes[head..head + len].to_vec()));
+        bytes = &bytes[head + len..];
+        used += head + len;
     }
     (out, used)
+}
+
+/// A client's text frame (mask 0) with the Engine.IO message `4` + `fill` repeated to `len`
+/// bytes, whose first bytes say `tag` and `n`.
+fn message(tag: u8, n: usize, len: usize) -> Vec<u8> {
+    let mut text = format!("4{}{n:05}", char::from(tag)).into_bytes();
+    text.resize(len, b'.');
+    let mut frame = vec![0x81, 0x80 | 126];
+    frame.extend_from_slice(&u16::try_from(len).expect("under 64 KiB").to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&text);
+    frame
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,5 +252,94 @@ async fn pings_from_a_client_that_reads_nothing_cost_one_pong() -> Result<()> {
         "{grown} bytes of heap grew with pings nobody read"
     );
     ensure!(pongs < PINGS / 2, "{pongs} pongs: one queued per ping");
+    Ok(())
+}
+
+/// Echoed messages queued before the client's ping, and after it.
+const BEFORE: usize = 150;
+const AFTER: usize = 100;
+/// Bytes of each message: the 150 echoes before the ping (9 MB) are more than the kernel's
+/// buffers of a loopback connection take (here up to 4 MiB on the sending side), so most of
+/// them wait in the server's queue.
+const MESSAGE: usize = 60_000;
+
+/// A client that reads a little slower than its server sends must still get the pong to its
+/// ping once it has read what came before the ping, not only once it has read everything
+/// (a WebSocket client with a ping timeout of its own would give up on a busy room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pong_waits_for_what_was_sent_before_its_ping_not_for_what_came_after() -> Result<()> {
+    let _serial = serial().await;
+    let server = TestServer::engine_with(Config {
+        ping_interval: Duration::from_secs(60),
+        // Room for all the echoes: this client is slow, not stuck.
+        max_buffered_bytes: 64 << 20,
+        ..Config::default()
+    })
+    .await?;
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut tcp = upgrade(socket.connect(server.addr()).await?, &server).await?;
+    // Not reading yet: the echoes fill the sockets' buffers, and the rest waits in the server.
+    for n in 0..BEFORE {
+        tcp.write_all(&message(b'a', n, MESSAGE)).await?;
+    }
+    // The server has echoed them (its handler answers a batch read after the batch's pings).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tcp.write_all(&PING).await?;
+    for n in 0..AFTER {
+        tcp.write_all(&message(b'b', n, MESSAGE)).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Now read it all, noting where the pong came.
+    let mut order = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0;
+    while order.iter().filter(|seen| **seen != "pong").count() < BEFORE + AFTER {
+        let n = tokio::time::timeout(common::WAIT, tcp.read(&mut buf[len..]))
+            .await
+            .context("waiting for the echoes")??;
+        ensure!(n > 0, "the server closed the connection");
+        len += n;
+        let (seen, used) = frames(&buf[..len]);
+        buf.copy_within(used..len, 0);
+        len -= used;
+        for (opcode, payload) in seen {
+            match opcode {
+                0xa => {
+                    ensure!(payload == b"beat", "a pong must carry its ping's data");
+                    order.push("pong".to_string());
+                }
+                0x1 => order.push(String::from_utf8_lossy(&payload[..7]).into_owned()),
+                other => anyhow::bail!("unexpected opcode {other}"),
+            }
+        }
+    }
+    let expected: Vec<String> = (0..BEFORE)
+        .map(|n| format!("4a{n:05}"))
+        .chain((0..AFTER).map(|n| format!("4b{n:05}")))
+        .collect();
+    let echoes: Vec<&String> = order.iter().filter(|seen| *seen != "pong").collect();
+    ensure!(
+        echoes.iter().copied().eq(expected.iter()),
+        "the echoes out of order"
+    );
+    let pongs: Vec<usize> = (0..order.len()).filter(|i| order[*i] == "pong").collect();
+    ensure!(pongs.len() == 1, "{} pongs for one ping", pongs.len());
+    let at = pongs[0];
+    eprintln!("the pong came after {at} of {} echoes", BEFORE + AFTER);
+    // Before: the pong waited until the queue was empty, after every echo (2026-12-06).
+    ensure!(
+        at < BEFORE + AFTER / 2,
+        "the pong waited for what was queued after its ping (after {at} echoes)"
+    );
+    if common::Conn::from_env() == common::Conn::Shared {
+        // One queue, written in order: the pong leaves right after what preceded its ping.
+        // (On the task path the session's task takes the queue's frames in batches, and the
+        // pong may overtake some of those queued before the ping, which RFC 6455 allows.)
+        ensure!(
+            at >= BEFORE,
+            "the pong overtook what was sent before its ping"
+        );
+    }
     Ok(())
 }

@@ -9,11 +9,14 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use banter_engine::Config;
-use banter_engine::socketio::{BoxFuture, ConnectError, Event, Handler, Socket, SocketIo};
+use banter_engine::socketio::{
+    BoxFuture, ConnectError, DisconnectReason, Event, Handler, Socket, SocketIo,
+};
 use bytes::Bytes;
 use common::{Msg, POLLING, TestServer, Ws, conformance_io, keys, polling, quiet_config};
 use serde_json::Value;
@@ -256,6 +259,174 @@ async fn a_namespace_left_and_joined_again_at_once() -> Result<()> {
         packets[0].starts_with("40{") && packets[1] == r#"42["auth",{}]"#,
         "{packets:?}"
     );
+    Ok(())
+}
+
+/// 5.3: packets count in the order they came, also those read together before the first is
+/// handled: a CONNECT and a DISCONNECT in one POST leave the namespace (the DISCONNECT waits for
+/// the connect before it; it was lost when it came before the socket existed), so that a later
+/// CONNECT joins again rather than being a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_joined_and_left_at_once_is_left() -> Result<()> {
+    let server = quiet_server().await?;
+    let sid = server.open_polling().await?;
+    server.post(&polling(&sid), "40\x1e41").await?;
+    let packets = poll_packets(&server, &sid, 2).await?;
+    ensure!(
+        packets[0].starts_with("40{") && packets[1] == r#"42["auth",{}]"#,
+        "{packets:?}"
+    );
+    server.post(&polling(&sid), "40").await?;
+    let again = poll_packets(&server, &sid, 2).await?;
+    ensure!(
+        again[0].starts_with("40{") && again[1] == r#"42["auth",{}]"#,
+        "{again:?}"
+    );
+    ensure!(again[0] != packets[0], "the same socket twice: {again:?}");
+    server.post(&polling(&sid), r#"42["message","x"]"#).await?;
+    let echoed = poll_packets(&server, &sid, 1).await?;
+    ensure!(echoed == [r#"42["message-back","x"]"#], "{echoed:?}");
+    Ok(())
+}
+
+/// Records why each socket disconnected, and the order of what the handler saw.
+struct Recorder(Arc<Mutex<Vec<DisconnectReason>>>, Arc<Mutex<Vec<String>>>);
+
+impl Recorder {
+    fn log(&self, what: String) {
+        self.1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(what);
+    }
+}
+
+impl Handler for Recorder {
+    fn connected(&self, socket: Socket) -> BoxFuture<()> {
+        self.log(format!("connected {}", socket.id()));
+        Box::pin(std::future::ready(()))
+    }
+
+    fn event(&self, socket: Socket, event: Event) -> BoxFuture<()> {
+        self.log(format!("{} from {}", event.name, socket.id()));
+        Box::pin(std::future::ready(()))
+    }
+
+    fn disconnect(&self, socket: Socket, reason: DisconnectReason) -> BoxFuture<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(reason);
+        self.log(format!("left {}", socket.id()));
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Waits until `log` has `count` entries; returns them.
+async fn logged<T: Clone>(log: &Mutex<Vec<T>>, count: usize) -> Vec<T> {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let seen = log.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if seen.len() >= count || Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// 5.3: a client that leaves sends DISCONNECT and closes its connection, often in one read (a
+/// polling payload here; python-socketio sends both together): its socket left on purpose, not
+/// because the transport closed (Banter tells the others at once then, rather than after a grace
+/// period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_read_with_the_close_is_the_clients_own() -> Result<()> {
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let io = SocketIo::new(quiet_config());
+    io.namespace("/", Recorder(Arc::clone(&reasons), Arc::default()));
+    let server = TestServer::socketio_with(io).await?;
+    for payload in ["41\x1e1", "41"] {
+        reasons
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        let sid = server.open_polling().await?;
+        server.post(&polling(&sid), "40").await?;
+        let packets = poll_packets(&server, &sid, 1).await?;
+        ensure!(packets[0].starts_with("40{"), "{packets:?}");
+        server.post(&polling(&sid), payload).await?;
+        let seen = logged(&reasons, 1).await;
+        ensure!(
+            seen == [DisconnectReason::ClientNamespaceDisconnect],
+            "{payload:?}: {seen:?}"
+        );
+    }
+    // Joined, left and closed in one read: left all the same.
+    reasons
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
+    let sid = server.open_polling().await?;
+    server.post(&polling(&sid), "40\x1e41\x1e1").await?;
+    let seen = logged(&reasons, 1).await;
+    ensure!(
+        seen == [DisconnectReason::ClientNamespaceDisconnect],
+        "joined and left: {seen:?}"
+    );
+    Ok(())
+}
+
+/// 5.3: a namespace left and joined again, with an event, in one read: the old socket's
+/// `disconnect` comes before the new socket's connect and event, as the packets came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_is_handled_before_what_came_after_it() -> Result<()> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let io = SocketIo::new(quiet_config());
+    io.namespace("/", Recorder(Arc::default(), Arc::clone(&log)));
+    let server = TestServer::socketio_with(io).await?;
+    let sid = server.open_polling().await?;
+    server.post(&polling(&sid), "40").await?;
+    poll_packets(&server, &sid, 1).await?;
+    server
+        .post(&polling(&sid), "41\x1e40\x1e42[\"after\"]")
+        .await?;
+    let seen = logged(&log, 4).await;
+    ensure!(seen.len() == 4, "{seen:?}");
+    let first = seen[0].strip_prefix("connected ").context("connected")?;
+    let second = seen[2]
+        .strip_prefix("connected ")
+        .context("connected again")?;
+    ensure!(
+        seen[1] == format!("left {first}") && seen[3] == format!("after from {second}"),
+        "{seen:?}"
+    );
+    Ok(())
+}
+
+/// 5.3: two CONNECTs to one namespace in one read are a second CONNECT, as one sent after the
+/// first was answered: the connection is closed (it made two sockets in one namespace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connects_in_one_read_close_the_connection() -> Result<()> {
+    let server = quiet_server().await?;
+    let sid = server.open_polling().await?;
+    server.post(&polling(&sid), "40\x1e40").await?;
+    let mut answered = 0;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let res = server.get(&polling(&sid)).await?;
+            if res.status == 400 && res.error_code() == Some(1) {
+                return anyhow::Ok(());
+            }
+            ensure!(res.status == 200, "{res:?}");
+            answered += res
+                .text()
+                .split('\x1e')
+                .filter(|p| p.starts_with("40{"))
+                .count();
+        }
+    })
+    .await
+    .context("the session stayed open after two CONNECTs")??;
+    ensure!(answered <= 1, "{answered} CONNECTs answered");
     Ok(())
 }
 
@@ -621,6 +792,44 @@ async fn packets_for_a_namespace_not_joined_are_ignored() -> Result<()> {
         ws.send_text(packet).await?;
     }
     still_echoes(&mut ws).await
+}
+
+/// Differs from Node, which holds a binary packet for as long as the connection lives while it
+/// waits for the attachments: ours gives each attachment the ping timeout to come after the
+/// packet or the attachment before it, then closes the connection (what is parked is bounded in
+/// time, not only in bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_that_do_not_come_close_the_connection() -> Result<()> {
+    let server = TestServer::socketio_with(conformance_io(Config {
+        ping_timeout: Duration::from_millis(400),
+        ..quiet_config()
+    }))
+    .await?;
+    let mut ws = joined(&server).await?;
+    // Slower in all than the timeout, each in time: the packet completes.
+    let args = r#"{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}"#;
+    ws.send_text(&format!(r#"452-["message",{args}]"#)).await?;
+    for data in [[1u8], [2]] {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ws.send_binary(&data).await?;
+    }
+    let msg = ws.next().await?;
+    ensure!(
+        msg == Msg::Text(format!(r#"452-["message-back",{args}]"#)),
+        "{msg:?}"
+    );
+    ensure!(ws.next().await? == Msg::Binary(vec![1]));
+    ensure!(ws.next().await? == Msg::Binary(vec![2]));
+    // One that never comes.
+    let started = Instant::now();
+    ws.send_text(r#"451-["message",{"_placeholder":true,"num":0}]"#)
+        .await?;
+    ws.assert_closed_within(Duration::from_secs(5)).await?;
+    ensure!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed before the timeout"
+    );
+    Ok(())
 }
 
 /// Differs from Node, which closes the connection when a placeholder points past the

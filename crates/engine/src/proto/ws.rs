@@ -212,13 +212,20 @@ fn message(text: bool, data: Vec<u8>) -> Result<Incoming, WsError> {
     Ok(Incoming::Text(Bytes::from(data)))
 }
 
+/// Whether an endpoint may send `code` in a close frame: RFC 6455's own (7.4.1) but those only
+/// for reporting (1005, 1006, 1015) and the unassigned 1004, the ones IANA registered since
+/// (1012-1014), and the ranges for libraries and applications (3000-4999). As Node's `ws`.
+fn may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
     match payload {
         [] => Ok(None),
         [_] => Err(protocol("a close frame with a one-byte body")),
         [a, b, reason @ ..] => {
             let code = u16::from_be_bytes([*a, *b]);
-            if !CloseCode::from(code).is_allowed() {
+            if !may_be_sent(code) {
                 return Err(protocol("a close code that may not be sent"));
             }
             if std::str::from_utf8(reason).is_err() {
@@ -282,6 +289,11 @@ pub fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
 /// A close frame with `code`.
 pub fn close_frame(code: u16) -> Bytes {
     frame(OpCode::Control(Control::Close), &code.to_be_bytes())
+}
+
+/// A close frame with no code: the answer to a client's close that had none.
+pub fn empty_close_frame() -> Bytes {
+    frame(OpCode::Control(Control::Close), &[])
 }
 
 /// A pong answering a ping's data.
@@ -421,6 +433,37 @@ mod tests {
         header.extend_from_slice(&(1u64 << 40).to_be_bytes());
         header.extend_from_slice(&[0, 0, 0, 0]);
         assert_eq!(read_all(&mut r, &[header]).unwrap_err().code, 1009);
+    }
+
+    #[test]
+    fn close_codes_a_client_may_send() {
+        for code in [
+            1000u16, 1001, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4000, 4999,
+        ] {
+            let mut r = FrameReader::new(100);
+            let bytes = client_frame(true, 8, &code.to_be_bytes());
+            assert_eq!(
+                read_all(&mut r, &[bytes]).unwrap(),
+                vec![Incoming::Close(Some(code))],
+                "{code}"
+            );
+        }
+        for code in [
+            0u16,
+            999,
+            1004,
+            1005,
+            1006,
+            1015,
+            1016,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            let mut r = FrameReader::new(100);
+            let bytes = client_frame(true, 8, &code.to_be_bytes());
+            assert_eq!(read_all(&mut r, &[bytes]).unwrap_err().code, 1002, "{code}");
+        }
     }
 
     #[test]

@@ -38,7 +38,8 @@ impl LayerFactory for Factory {
             sockets: Vec::new(),
             queue: VecDeque::new(),
             running: None,
-            connect_by: Some(tokio::time::Instant::now().into_std() + config.connect_timeout),
+            connect_by: Some(now() + config.connect_timeout),
+            attachments_by: None,
             closing: None,
         }
     }
@@ -56,6 +57,9 @@ enum Work {
         args: Vec<Box<RawValue>>,
         attachments: Vec<bytes::Bytes>,
     },
+    /// The client's DISCONNECT: handled in its turn, so that it leaves a namespace whose
+    /// CONNECT came just before it (both in one read) rather than being lost.
+    Leave { nsp: String },
     Disconnect {
         socket: Socket,
         reason: DisconnectReason,
@@ -77,7 +81,13 @@ pub(crate) struct Conn {
     running: Option<BoxFuture<()>>,
     /// Until a namespace is joined, the session must join one by then.
     connect_by: Option<Instant>,
+    /// While a binary packet waits for its attachments, the next one must come by then.
+    attachments_by: Option<Instant>,
     closing: Option<CloseReason>,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl Conn {
@@ -94,6 +104,30 @@ impl Conn {
         connected.or_else(|| of_nsp.find(|s| s.state() == DISCONNECTING))
     }
 
+    /// Whether the client is in `nsp`, or on its way in, once the work queued so far is done:
+    /// its packets count in the order they came, even those not yet handled.
+    fn joining(&self, nsp: &str) -> bool {
+        let now = self.sockets.iter().any(|e| {
+            e.socket.namespace() == nsp && matches!(e.socket.state(), CONNECTING | CONNECTED)
+        });
+        self.queue.iter().fold(now, |joined, work| match work {
+            Work::Connect { ns, .. } if ns.name() == nsp => true,
+            Work::Leave { nsp: left } if left == nsp => false,
+            _ => joined,
+        })
+    }
+
+    /// A CONNECT to `nsp` is queued, or its application is deciding it.
+    fn connect_pending(&self, nsp: &str) -> bool {
+        self.queue
+            .iter()
+            .any(|w| matches!(w, Work::Connect { ns, .. } if ns.name() == nsp))
+            || self
+                .sockets
+                .iter()
+                .any(|e| e.socket.namespace() == nsp && e.socket.state() == CONNECTING)
+    }
+
     fn dispatch(&mut self, complete: Complete) -> Result<(), CloseReason> {
         let Complete {
             packet,
@@ -101,16 +135,9 @@ impl Conn {
         } = complete;
         match packet {
             Inbound::Connect { nsp, auth } => match self.registry.namespace(&nsp) {
-                // A second connect to a namespace the client is in breaks the protocol; Node's
-                // server closes the connection for it.
-                Some(_)
-                    if self.sockets.iter().any(|e| {
-                        e.socket.namespace() == nsp
-                            && matches!(e.socket.state(), CONNECTING | CONNECTED)
-                    }) =>
-                {
-                    return Err(CloseReason::ParseError);
-                }
+                // A second connect to a namespace the client is in (or is joining: two in one
+                // read) breaks the protocol; Node's server closes the connection for it.
+                Some(_) if self.joining(&nsp) => return Err(CloseReason::ParseError),
                 Some(ns) => self.queue.push_back(Work::Connect { ns, auth }),
                 None => {
                     let refusal = connect_error(&nsp, &ConnectError::new("Invalid namespace"));
@@ -118,8 +145,17 @@ impl Conn {
                 }
             },
             Inbound::Disconnect { nsp } => {
-                if let Some(socket) = self.socket(&nsp).cloned() {
-                    socket.begin_disconnect(DisconnectReason::ClientNamespaceDisconnect);
+                if self.connect_pending(&nsp) {
+                    // Its CONNECT came in the same read, or is still being decided: the
+                    // DISCONNECT waits for it.
+                    self.queue.push_back(Work::Leave { nsp });
+                } else if let Some(socket) = self.socket(&nsp).cloned()
+                    && socket.begin_disconnect(DisconnectReason::ClientNamespaceDisconnect)
+                {
+                    // At once: the socket is told why it left even if the connection ends in
+                    // the same read (a client that leaves sends DISCONNECT, then closes); and
+                    // its `disconnect` is queued now, before whatever the client sends next.
+                    self.collect();
                 }
             }
             Inbound::Event {
@@ -166,6 +202,12 @@ impl Conn {
     fn start(&mut self, work: Work) -> Option<BoxFuture<()>> {
         match work {
             Work::Connect { ns, auth } => {
+                // The client's DISCONNECT right behind (both in one read): if the session ends
+                // before the socket is in, that is still why it left.
+                let leaves = self
+                    .queue
+                    .iter()
+                    .any(|w| matches!(w, Work::Leave { nsp } if nsp == ns.name()));
                 let socket = Socket::new(Arc::clone(&ns), Arc::clone(&self.session));
                 self.sockets.push(Entry {
                     socket: socket.clone(),
@@ -182,7 +224,11 @@ impl Conn {
                                 // The session closed while the application decided: it still
                                 // hears of the disconnect of what it accepted.
                                 socket.set_state(CONNECTED);
-                                socket.begin_disconnect(DisconnectReason::TransportClose);
+                                socket.begin_disconnect(if leaves {
+                                    DisconnectReason::ClientNamespaceDisconnect
+                                } else {
+                                    DisconnectReason::TransportClose
+                                });
                             }
                         }
                         Err(err) => {
@@ -199,7 +245,9 @@ impl Conn {
                 args,
                 attachments,
             } => {
-                // An event for a namespace the client has not joined is ignored, as by Node.
+                // An event for a namespace the client has not joined (or has just left, or
+                // was disconnected from while the event was on its way) is ignored; Node
+                // closes the connection (tests/socketio_node.rs, deliberate differences).
                 let socket = self.socket(&nsp)?.clone();
                 let ack = id.map(|id| Ack {
                     socket: socket.clone(),
@@ -212,6 +260,26 @@ impl Conn {
                     ack,
                 };
                 Some(socket.0.ns.handler.event(socket.clone(), event))
+            }
+            Work::Leave { nsp } => {
+                // Events the client sent before are handled (they were ahead in the queue); the
+                // socket's `disconnect` comes next, before what the client sent after.
+                let entry = self
+                    .sockets
+                    .iter_mut()
+                    .find(|e| e.socket.namespace() == nsp && e.socket.state() == CONNECTED);
+                if let Some(entry) = entry
+                    && entry
+                        .socket
+                        .begin_disconnect(DisconnectReason::ClientNamespaceDisconnect)
+                {
+                    entry.disconnect_queued = true;
+                    self.queue.push_front(Work::Disconnect {
+                        socket: entry.socket.clone(),
+                        reason: DisconnectReason::ClientNamespaceDisconnect,
+                    });
+                }
+                None
             }
             Work::Disconnect { socket, reason } => {
                 socket.set_state(DONE);
@@ -246,8 +314,16 @@ impl Layer for Conn {
             Message::Binary(data) => self.assembler.binary(data),
         };
         match complete {
-            Ok(Some(complete)) => self.dispatch(complete),
-            Ok(None) => Ok(()),
+            Ok(Some(complete)) => {
+                self.attachments_by = None;
+                self.dispatch(complete)
+            }
+            Ok(None) => {
+                // A binary packet or one of its attachments: the next must follow within the
+                // ping timeout, or the packet is not coming (its parts would stay in memory).
+                self.attachments_by = Some(now() + self.registry.config.ping_timeout);
+                Ok(())
+            }
             Err(err) => {
                 tracing::debug!(sid = %self.session.sid(), %err, "closing a session that sent an unreadable packet");
                 Err(CloseReason::ParseError)
@@ -281,10 +357,18 @@ impl Layer for Conn {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.connect_by
+        match (self.connect_by, self.attachments_by) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_timer(&mut self, now: Instant) -> Option<CloseReason> {
+        if self.attachments_by.is_some_and(|by| now >= by) {
+            tracing::debug!(sid = %self.session.sid(), "closing a session whose binary packet's attachments did not come");
+            self.attachments_by = None;
+            return Some(CloseReason::ParseError);
+        }
         let by = self.connect_by?;
         if now < by {
             return None;
@@ -297,6 +381,15 @@ impl Layer for Conn {
     fn close(&mut self, reason: CloseReason) {
         self.closing = Some(reason);
         self.connect_by = None;
+        self.attachments_by = None;
+        // A DISCONNECT still queued was the client leaving: that is its sockets' reason.
+        for work in &self.queue {
+            if let Work::Leave { nsp } = work
+                && let Some(socket) = self.socket(nsp)
+            {
+                socket.begin_disconnect(DisconnectReason::ClientNamespaceDisconnect);
+            }
+        }
         for entry in &self.sockets {
             entry.socket.begin_disconnect(reason.into());
         }

@@ -513,6 +513,16 @@ impl Ws {
         Ok(())
     }
 
+    /// Sends a close frame with `code`.
+    pub async fn close_with(&mut self, code: u16) -> Result<()> {
+        let frame = tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: "".into(),
+        };
+        self.inner.close(Some(frame)).await?;
+        Ok(())
+    }
+
     /// The next message, or the close; fails after [`WAIT`].
     pub async fn next(&mut self) -> Result<Msg> {
         self.next_within(WAIT).await
