@@ -139,7 +139,11 @@ pub async fn cluster_forever(cluster: Cluster) {
             // As on a single instance: what has arrived by the time the task looks goes out
             // together, each socket's share in one write.
             let mut batch = Vec::new();
-            while let Some(payload) = messages.recv().await {
+            let mut pacer = super::Pacer::default();
+            loop {
+                let Some(payload) = pacer.wait(messages.recv()).await else {
+                    break;
+                };
                 let mut next = Some(payload);
                 while let Some(payload) = next.take() {
                     match redis::parse_published(&payload) {
@@ -154,7 +158,7 @@ pub async fn cluster_forever(cluster: Cluster) {
                         next = messages.try_recv().ok();
                     }
                 }
-                super::deliver_batch(&ns, &batch);
+                pacer.round(batch.len(), || super::deliver_batch(&ns, &batch));
                 batch.clear();
             }
             tracing::error!("the message channel closed; cross-instance messages stop here");

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 pub use announce::announce_forever;
 pub use cluster::{Cluster, RedisAdapter, cluster_forever};
 pub use delivery::{LocalMember, deliver_published, local_forever, local_members, reap_interval};
-use delivery::{MAX_BATCH, deliver_batch};
+use delivery::{MAX_BATCH, Pacer, deliver_batch};
 pub use handlers::reap;
 
 use crate::chat::{History, Limits, Presence};
