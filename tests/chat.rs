@@ -185,6 +185,68 @@ async fn taken_nicknames_get_a_variant() -> Result<()> {
     Ok(())
 }
 
+/// A name that looks like a name in the chat is that name: the same letters composed or not,
+/// or with a joiner that shows nothing, get a variant; invisible and direction-changing
+/// characters are refused.
+#[tokio::test]
+async fn look_alike_nicknames_are_the_same_name() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut a = TestClient::connect(&server, TransportType::Websocket).await?;
+    a.join("Zo\u{e9}").await?;
+    let mut others = Vec::new();
+    for (look_alike, given) in [
+        ("zoe\u{301}", "zo\u{e9} (2)"),
+        ("zo\u{e9}\u{200d}", "zo\u{e9}\u{200d} (3)"),
+    ] {
+        let mut b = TestClient::connect(&server, TransportType::Websocket).await?;
+        let login = b.join(look_alike).await?;
+        assert_eq!(login["username"], given, "{look_alike:?}");
+        others.push(b);
+    }
+    // Case folded as Unicode folds it (final sigma, sharp s), compatibility forms (full
+    // width, mathematical bold) and runs of white space.
+    for (held, other) in [
+        ("ΟΔΥΣΣΕΥΣ", "οδυσσευς"),
+        ("STRASSE", "Straße"),
+        ("alice", "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}"),
+        ("bob", "\u{1d41b}\u{1d428}\u{1d41b}"),
+        ("al ice", "al\u{a0}ice"),
+        ("j d", "j  d"),
+    ] {
+        let mut first = TestClient::connect(&server, TransportType::Websocket).await?;
+        first.join(held).await?;
+        let mut second = TestClient::connect(&server, TransportType::Websocket).await?;
+        let login = second.join(other).await?;
+        assert_eq!(
+            login["username"],
+            format!("{other} (2)"),
+            "{held} / {other}"
+        );
+        others.extend([first, second]);
+    }
+    // The flags of England and Scotland are two names.
+    for flag in [
+        "\u{1f3f4}\u{e0067}\u{e0062}\u{e0065}\u{e006e}\u{e0067}\u{e007f} fan",
+        "\u{1f3f4}\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f} fan",
+    ] {
+        let mut c = TestClient::connect(&server, TransportType::Websocket).await?;
+        let login = c.join(flag).await?;
+        assert_eq!(login["username"], flag);
+        others.push(c);
+    }
+    for hidden in [
+        "\u{202e}eoz",
+        "zo\u{e9}\u{200b}",
+        "\u{2800}",
+        "eve\u{e0061}",
+    ] {
+        let c = TestClient::connect(&server, TransportType::Websocket).await?;
+        let ack = c.call("add user", json!(hidden)).await?;
+        assert_eq!(ack["error"]["code"], "invalid_name", "{hidden:?}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn refusals_carry_stable_codes_and_broadcast_nothing() -> Result<()> {
     let server = TestServer::with_args(&["--message-burst", "3", "--message-rate", "0.5"]).await?;
@@ -411,6 +473,59 @@ async fn events_from_one_socket_are_handled_in_order() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_room_gets_every_message_of_a_burst_in_order() -> Result<()> {
+    // Many receivers and several senders sending as fast as they can: the delivery task's rounds
+    // of writes come back to back, so it paces them and each write carries several messages.
+    // Nothing may be lost, doubled or reordered by that.
+    const RECEIVERS: usize = 150;
+    const SENDERS: usize = 3;
+    const EACH: usize = 80;
+    let server =
+        TestServer::with_args(&["--message-burst", "100", "--connect-burst-per-ip", "1000"])
+            .await?;
+    let mut receivers = Vec::new();
+    for i in 0..RECEIVERS {
+        let mut c = TestClient::connect(&server, TransportType::Websocket).await?;
+        c.join(&format!("r{i}")).await?;
+        receivers.push(c);
+    }
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let mut c = TestClient::connect(&server, TransportType::Websocket).await?;
+        c.join(&format!("s{s}")).await?;
+        senders.push(c);
+    }
+    let bursts = senders.iter().enumerate().map(|(s, c)| async move {
+        for i in 0..EACH {
+            c.emit("new message", json!(format!("{s}:{i}"))).await?;
+        }
+        anyhow::Ok(())
+    });
+    for burst in futures::future::join_all(bursts).await {
+        burst?;
+    }
+    for r in &mut receivers {
+        let mut next = [0usize; SENDERS];
+        let mut last_id = 0;
+        for _ in 0..SENDERS * EACH {
+            let m = r.expect("new message").await?;
+            let text = m["message"].as_str().expect("text");
+            let (s, i) = text.split_once(':').expect("sender:index");
+            let (s, i): (usize, usize) = (s.parse()?, i.parse()?);
+            assert_eq!(i, next[s], "sender {s}'s messages out of order: {text}");
+            next[s] += 1;
+            let id = m["id"].as_u64().expect("id");
+            assert!(id > last_id, "ids must rise: {id} after {last_id}");
+            last_id = id;
+        }
+    }
+    // Nothing doubled: no message after the last one expected.
+    receivers[0].expect_none("new message").await?;
+    receivers[RECEIVERS - 1].expect_none("new message").await?;
+    Ok(())
+}
+
 /// Joins `n` clients at once and returns them with the `user joined` events an observer, who
 /// joined before them, received until every one of them was announced.
 async fn join_storm(server: &TestServer, n: usize) -> Result<(Vec<TestClient>, Vec<Value>)> {
@@ -473,59 +588,6 @@ async fn a_join_storm_is_announced_in_a_few_gathered_events() -> Result<()> {
     }
     names.sort();
     let mut expected: Vec<String> = (0..n).map(|i| format!("storm{i}")).collect();
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_room_gets_every_message_of_a_burst_in_order() -> Result<()> {
-    // Many receivers and several senders sending as fast as they can: the delivery task's rounds
-    // of writes come back to back, so it paces them and each write carries several messages.
-    // Nothing may be lost, doubled or reordered by that.
-    const RECEIVERS: usize = 150;
-    const SENDERS: usize = 3;
-    const EACH: usize = 80;
-    let server =
-        TestServer::with_args(&["--message-burst", "100", "--connect-burst-per-ip", "1000"])
-            .await?;
-    let mut receivers = Vec::new();
-    for i in 0..RECEIVERS {
-        let mut c = TestClient::connect(&server, TransportType::Websocket).await?;
-        c.join(&format!("r{i}")).await?;
-        receivers.push(c);
-    }
-    let mut senders = Vec::new();
-    for s in 0..SENDERS {
-        let mut c = TestClient::connect(&server, TransportType::Websocket).await?;
-        c.join(&format!("s{s}")).await?;
-        senders.push(c);
-    }
-    let bursts = senders.iter().enumerate().map(|(s, c)| async move {
-        for i in 0..EACH {
-            c.emit("new message", json!(format!("{s}:{i}"))).await?;
-        }
-        anyhow::Ok(())
-    });
-    for burst in futures::future::join_all(bursts).await {
-        burst?;
-    }
-    for r in &mut receivers {
-        let mut next = [0usize; SENDERS];
-        let mut last_id = 0;
-        for _ in 0..SENDERS * EACH {
-            let m = r.expect("new message").await?;
-            let text = m["message"].as_str().expect("text");
-            let (s, i) = text.split_once(':').expect("sender:index");
-            let (s, i): (usize, usize) = (s.parse()?, i.parse()?);
-            assert_eq!(i, next[s], "sender {s}'s messages out of order: {text}");
-            next[s] += 1;
-            let id = m["id"].as_u64().expect("id");
-            assert!(id > last_id, "ids must rise: {id} after {last_id}");
-            last_id = id;
-        }
-    }
-    // Nothing doubled: no message after the last one expected.
-    receivers[0].expect_none("new message").await?;
-    receivers[RECEIVERS - 1].expect_none("new message").await?;
-    Ok(())
-}
-
     expected.sort();
     assert_eq!(names, expected, "every joiner announced exactly once");
     for c in clients {

@@ -98,9 +98,37 @@ pub fn new_session_token() -> String {
     format!("{bits:032x}")
 }
 
-/// The key under which nicknames are compared: "Alice" and "alice" are the same person.
+/// The key under which nicknames are compared: names that look the same are the same person.
+/// "Alice" and "alice"; "alice" and "alice" with a joiner or a variation selector that shows
+/// nothing; "ａｌｉｃｅ" (full width) or "𝐚𝐥𝐢𝐜𝐞" (mathematical bold) and "alice" (compatibility
+/// forms, NFKC); "al ice", "al  ice" and "al\u{a0}ice" (any run of white space is one space).
+/// Case is folded as Unicode folds it where that differs from lower case in names people
+/// write: "ΟΔΥΣΣΕΥΣ" is "οδυσσευς" (final sigma), "STRASSE" is "straße".
 pub fn name_key(name: &str) -> String {
-    name.to_lowercase()
+    use unicode_normalization::UnicodeNormalization;
+    let mut key = String::with_capacity(name.len());
+    let mut space = false;
+    for c in name
+        .nfkc()
+        .filter(|c| !super::limits::is_ignorable(*c))
+        .flat_map(char::to_lowercase)
+    {
+        if c.is_whitespace() {
+            space = true;
+            continue;
+        }
+        if space && !key.is_empty() {
+            key.push(' ');
+        }
+        space = false;
+        match c {
+            'ς' => key.push('σ'),
+            'ß' => key.push_str("ss"),
+            'ſ' => key.push('s'),
+            c => key.push(c),
+        }
+    }
+    key
 }
 
 /// Sorts nicknames as every users list is shown: case-insensitively, ties by exact spelling.
