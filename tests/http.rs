@@ -5,6 +5,7 @@ mod common;
 use anyhow::Result;
 use common::{BanterProcess, RawPolling, TestClient, TestServer};
 use rust_socketio::TransportType;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn serves_the_page_the_client_bundle_and_health() -> Result<()> {
@@ -126,6 +127,19 @@ async fn foreign_origins_cannot_open_socket_io_connections() -> Result<()> {
     assert_eq!(status(Some("https://app.example".into())).await?, 200);
     // Another site's page: refused, over polling and over WebSocket.
     assert_eq!(status(Some("https://evil.example".into())).await?, 403);
+    let refused = http
+        .get(&handshake)
+        .header("origin", "https://evil.example")
+        .send()
+        .await?;
+    assert_eq!(
+        refused.headers().get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/json"[..])
+    );
+    assert_eq!(
+        refused.json::<Value>().await?,
+        json!({"code": 4, "message": "origin not allowed"})
+    );
     let ws = http
         .get(format!(
             "{}/socket.io/?EIO=4&transport=websocket",

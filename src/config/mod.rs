@@ -63,7 +63,7 @@ pub struct Config {
     /// Page origins (scheme://host[:port]) besides the server's own that may open Socket.IO
     /// connections, comma separated; "*" allows any. By default only pages served by this
     /// server (same origin) may, which stops other sites from chatting as their visitors.
-    #[arg(long, env = "BANTER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(long, env = "BANTER_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub allowed_origins: Vec<String>,
 
     /// Engine.IO heartbeat: how often the server pings each client, in milliseconds.
@@ -320,12 +320,17 @@ impl Config {
         if self.retain_days > MAX_RETAIN_DAYS {
             bail!("--retain-days must be at most {MAX_RETAIN_DAYS} (0 for no age limit)");
         }
-        if let Some(urls) = self.redis_url()
-            && urls
-                .split(',')
-                .any(|u| !(u.trim().starts_with("redis://") || u.trim().starts_with("rediss://")))
-        {
-            bail!("the Redis URL must start with redis:// or rediss://");
+        if let Some(urls) = self.redis_url() {
+            for url in urls.split(',').map(str::trim) {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    bail!("the Redis URL must start with redis:// or rediss://");
+                }
+                // A URL that does not parse never will: say so now, not after the retries
+                // meant for a Redis that is still starting.
+                if let Err(err) = redis::IntoConnectionInfo::into_connection_info(url) {
+                    bail!("the Redis URL is not valid: {err}");
+                }
+            }
         }
         Ok(())
     }
@@ -430,9 +435,93 @@ impl Config {
     }
 }
 
+/// One entry of `--allowed-origins`: `*`, `null`, or an origin as a browser sends it,
+/// `scheme://host[:port]`. A trailing `/` (a page's address pasted as is) is dropped: an
+/// `Origin` header never has one, and the entry would match nothing.
+fn parse_origin(raw: &str) -> Result<String, String> {
+    let origin = raw.trim();
+    // An empty setting, or a trailing comma: nothing (dropped where the list is used).
+    if origin.is_empty() || origin == "*" || origin == "null" {
+        return Ok(origin.to_owned());
+    }
+    let origin = origin.strip_suffix('/').unwrap_or(origin);
+    let well_formed = origin.split_once("://").is_some_and(|(scheme, authority)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            && !authority.is_empty()
+            && !authority.contains(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+    });
+    if !well_formed {
+        return Err(format!(
+            "{raw:?} is not an origin: one is scheme://host[:port] (https://chat.example.com), \
+             with no path, or \"*\" for any"
+        ));
+    }
+    Ok(origin.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_origins_are_origins() {
+        let c = Config::parse_from([
+            "banter",
+            "--allowed-origins",
+            "https://chat.example.com/, http://localhost:8080,capacitor://localhost",
+        ]);
+        assert_eq!(
+            c.allowed_origins,
+            [
+                "https://chat.example.com",
+                "http://localhost:8080",
+                "capacitor://localhost"
+            ]
+        );
+        let c = Config::parse_from(["banter", "--allowed-origins", ""]);
+        c.validate().unwrap();
+        let c = Config::parse_from(["banter", "--allowed-origins", "https://a.example,"]);
+        assert_eq!(
+            c.allowed_origins.iter().filter(|o| !o.is_empty()).count(),
+            1
+        );
+        for bad in [
+            "not a url",
+            "chat.example.com",
+            "https://",
+            "https://chat.example.com/chat",
+            "https://chat.example.com?x",
+            "://x",
+        ] {
+            assert!(
+                Config::try_parse_from(["banter", "--allowed-origins", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_redis_url_that_does_not_parse_is_refused_at_once() {
+        for bad in [
+            "redis://",
+            "redis://127.0.0.1:99999",
+            "redis://h:1,rediss://",
+        ] {
+            let c = Config::parse_from(["banter", "--redis-url", bad]);
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        for good in [
+            "redis://127.0.0.1:6379",
+            "rediss://:secret@cache.example.net:6380/0",
+            "redis://a:1,redis://b:2",
+        ] {
+            let c = Config::parse_from(["banter", "--redis-url", good]);
+            c.validate().unwrap();
+        }
+    }
 
     #[test]
     fn defaults_are_valid() {

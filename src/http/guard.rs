@@ -96,7 +96,8 @@ pub fn is_engine_path(path: &str) -> bool {
     path == "/socket.io" || path.starts_with("/socket.io/")
 }
 
-/// Refuses Socket.IO requests from pages of origins that are not allowed.
+/// Refuses Socket.IO requests from pages of origins that are not allowed: 403, with Engine.IO's
+/// error body (code 4, with the reason as its message) as Node's server gives it.
 pub async fn check_origin(
     axum::extract::State(allowed): axum::extract::State<AllowedOrigins>,
     request: Request,
@@ -111,7 +112,13 @@ pub async fn check_origin(
             if let Some(origin) = origin {
                 crate::http::advice::refused_origin(origin, host, headers);
             }
-            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+            // Node's server refuses a request that `allowRequest` denies in the same shape.
+            return (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"code":4,"message":"origin not allowed"}"#,
+            )
+                .into_response();
         }
     }
     next.run(request).await

@@ -57,7 +57,14 @@ pub fn router(
         .route("/socket.io/", engine.clone())
         .route("/socket.io/{*rest}", engine);
     let allowed = guard::AllowedOrigins {
-        list: Arc::new(config.allowed_origins.clone()),
+        list: Arc::new(
+            config
+                .allowed_origins
+                .iter()
+                .filter(|o| !o.is_empty())
+                .cloned()
+                .collect(),
+        ),
     };
     let clients = Arc::new(clients::ClientPolicy {
         trusted: config.effective_trusted_proxies(),
