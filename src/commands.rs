@@ -25,10 +25,28 @@ pub fn run(command: &Command, config: &Config) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot create {}", path.display()))?;
                     tools::export(&config.data_dir, room, &mut std::io::BufWriter::new(file))?
                 }
-                None => tools::export(&config.data_dir, room, &mut std::io::stdout().lock())?,
+                None => {
+                    match tools::export(&config.data_dir, room, &mut std::io::stdout().lock()) {
+                        // The reader stopped (`banter export | head`): it has what it wanted.
+                        Err(err) if broken_pipe(&err) => return Ok(()),
+                        result => result?,
+                    }
+                }
             };
             tracing::info!(room, messages = count, "exported");
         }
     }
     Ok(())
+}
+
+/// Whether writing failed because the reading end of a pipe was closed.
+fn broken_pipe(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == BrokenPipe)
+            || e.downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(BrokenPipe)
+    })
 }
