@@ -20,7 +20,7 @@ import harness
 from harness import QUIET, TIMEOUT
 
 # The reconnect grace period of the module's server. python-socketio's disconnect() does not
-# always get its goodbye out before it closes the WebSocket (see test_user_left_on_disconnect);
+# always get its goodbye out (see test_user_left_on_disconnect and harness.HEARTBEAT_MS);
 # Banter then treats the person as dropped and keeps them this long. Short, so that such a
 # person is gone before the next test.
 GRACE_MS = 300
@@ -213,7 +213,9 @@ class ChatTests:
         bob.sio.disconnect()
         # Over WebSocket, python-socketio 5.7's disconnect() races its own DISCONNECT packet
         # against closing the socket; when the close wins, Banter sees a dropped connection and
-        # announces the leave after the grace period instead of at once. Both are the contract.
+        # announces the leave after the grace period instead of at once. Over polling the
+        # goodbye may never be sent (harness.HEARTBEAT_MS says why): the leave then comes when
+        # the heartbeat misses the client, plus the grace period. Both are the contract.
         left = alice.events.wait('user left', timeout=TIMEOUT + GRACE_MS / 1000)
         self.assertEqual(left, {'username': 'bob', 'numUsers': 2})
         self.assertEqual(carol.events.wait('user left'), left)
