@@ -162,11 +162,16 @@ impl State {
                 frame.clone()
             };
             written = 0;
-            self.pending += rest.cost();
-            self.entered += rest.cost() as u64;
-            self.queued += rest.cost();
+            self.count_in(rest.cost());
             self.queue.push_back(rest);
         }
+    }
+
+    /// Counts `cost` bytes entering the queue.
+    fn count_in(&mut self, cost: usize) {
+        self.pending += cost;
+        self.entered += cost as u64;
+        self.queued += cost;
     }
 
     /// Drops the first `written` bytes of the queue, which the socket took.
@@ -272,9 +277,7 @@ impl Outbox {
                 }
                 s.queue_unwritten(frames, written);
             } else {
-                s.pending += cost;
-                s.entered += cost as u64;
-                s.queued += cost;
+                s.count_in(cost);
                 s.queue.extend(frames.iter().cloned());
             }
             s.waker.take()
@@ -392,14 +395,19 @@ impl Outbox {
     /// session's task hands its socket to the queue); `partial`: the rest of a frame partly
     /// written, which nothing may go before or inside. Nothing may have been written directly.
     pub(crate) fn push_first(&self, frame: Frame, partial: bool) {
-        let waker = {
-            let mut s = self.lock();
+        self.queue_one(frame, |s, frame| {
             debug_assert!(!s.front_partial);
-            s.pending += frame.cost();
-            s.entered += frame.cost() as u64;
-            s.queued += frame.cost();
             s.front_partial = partial;
             s.queue.push_front(frame);
+        });
+    }
+
+    /// Counts `frame` in, lets `place` put it in the queue, and wakes the consumer.
+    fn queue_one(&self, frame: Frame, place: impl FnOnce(&mut State, Frame)) {
+        let waker = {
+            let mut s = self.lock();
+            s.count_in(frame.cost());
+            place(&mut s, frame);
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -455,35 +463,17 @@ impl Outbox {
 
     /// Queues a frame even when closed (the close packet a polling client is owed).
     pub(crate) fn push_final(&self, frame: Frame) {
-        let waker = {
-            let mut s = self.lock();
-            s.pending += frame.cost();
-            s.entered += frame.cost() as u64;
-            s.queued += frame.cost();
-            s.queue.push_back(frame);
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.queue_one(frame, |s, frame| s.queue.push_back(frame));
     }
 
     /// Queues a WebSocket control frame (a pong) ahead of every whole frame queued: RFC 6455
     /// lets one go between any two frames, not inside one, so a frame partly written goes
     /// first.
     pub(crate) fn push_control(&self, frame: Frame) {
-        let waker = {
-            let mut s = self.lock();
-            s.pending += frame.cost();
-            s.entered += frame.cost() as u64;
-            s.queued += frame.cost();
+        self.queue_one(frame, |s, frame| {
             let at = usize::from(s.front_partial).min(s.queue.len());
             s.queue.insert(at, frame);
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        });
     }
 
     /// A mark of this moment in the queue, for `has_left`.
