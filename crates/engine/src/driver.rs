@@ -68,7 +68,8 @@ async fn close_probe(mut ws: Ws) {
     let _ = tokio::time::timeout(PROBE_CLOSE_TIMEOUT, closed).await;
 }
 
-fn now() -> Instant {
+/// Now, on tokio's clock (which tests may pause), as the engine's deadlines count time.
+pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 

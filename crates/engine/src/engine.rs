@@ -184,7 +184,7 @@ impl<F: LayerFactory> Engine<F> {
         else {
             return error(ErrorCode::UnknownSid);
         };
-        if session.gone(tokio::time::Instant::now().into_std()) {
+        if session.gone(crate::driver::now()) {
             return error(ErrorCode::UnknownSid);
         }
         // Every request of a session speaks its protocol, 4 (Node: `PROTOCOL_MISMATCH`, EIO

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use super::namespace::Namespace;
 use super::socket::{CONNECTED, CONNECTING, DISCONNECTING, DONE, Socket};
 use super::{Ack, BoxFuture, ConnectError, DisconnectReason, Event, Registry};
+use crate::driver::now;
 use crate::engine::{Layer, LayerFactory, Message};
 use crate::outbox::Frame;
 use crate::proto::sio::{self, Assembler, Complete, Inbound, Kind};
@@ -84,10 +85,6 @@ pub(crate) struct Conn {
     /// While a binary packet waits for its attachments, the next one must come by then.
     attachments_by: Option<Instant>,
     closing: Option<CloseReason>,
-}
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Conn {
