@@ -163,6 +163,37 @@ function fanoutSection(transport) {
     );
   }
   out.push('');
+  // The same deliveries timed to when they reached the receivers' sockets (kernel stamps), which
+  // leaves out the time a frame waited for the bench's one core to read it.
+  const stamped = names.filter((c) => SERVERS.some((s) => med(c, s, 'arrival.count') > 0));
+  if (stamped.length) {
+    out.push(`### Arrival at the receivers' sockets (${transport}; kernel receive stamps)`);
+    out.push('');
+    out.push('| offered/s | server | min ms | p50 ms | p90 ms | p99 ms | p50 arrival / p50 read |');
+    out.push('|---|---|---|---|---|---|---|');
+    for (const c of stamped) {
+      for (const s of SERVERS) {
+        if (!(med(c, s, 'arrival.count') > 0)) continue;
+        out.push(
+          `| ${fmt(Number(c.split('-').pop()))} | ${NAMES[s]} | ${fmt(med(c, s, 'arrival.min_ms'))} | ${fmt(med(c, s, 'arrival.p50_ms'))} | ` +
+            `${fmt(med(c, s, 'arrival.p90_ms'))} | ${fmt(med(c, s, 'arrival.p99_ms'))} | ${ratio(med(c, s, 'arrival.p50_ms'), med(c, s, 'latency.p50_ms'))} |`,
+        );
+      }
+    }
+    out.push('');
+    const pairs = stamped.filter((c) => med(c, 'banter', 'arrival.count') > 0 && med(c, 'node', 'arrival.count') > 0);
+    if (pairs.length) {
+      out.push('| offered/s | arrival p50 Banter/Node | arrival p99 Banter/Node |');
+      out.push('|---|---|---|');
+    }
+    for (const c of pairs) {
+      out.push(
+        `| ${fmt(Number(c.split('-').pop()))} | ${ratio(med(c, 'banter', 'arrival.p50_ms'), med(c, 'node', 'arrival.p50_ms'))} | ` +
+          `${ratio(med(c, 'banter', 'arrival.p99_ms'), med(c, 'node', 'arrival.p99_ms'))} |`,
+      );
+    }
+    if (pairs.length) out.push('');
+  }
   return names;
 }
 const wsCases = fanoutSection('websocket') || [];
@@ -254,6 +285,19 @@ if (both.length) {
       at.map((x) => `${fmt(Number(x.c.split('-').pop()))}/s p50 ${fmt(x.b50)} vs ${fmt(x.n50)} ms, p99 ${fmt(x.b99)} vs ${fmt(x.n99)} ms`).join('; ') +
       ' (Banter vs Node).',
   );
+  const stampedAt = at.filter((x) => med(x.c, 'banter', 'arrival.p50_ms') != null && med(x.c, 'node', 'arrival.p50_ms') != null);
+  if (stampedAt.length) {
+    out.push(
+      "- Arrival at the receivers' sockets, p50 (kernel stamps; target: at most half of Node's): " +
+        stampedAt
+          .map((x) => {
+            const [b, n] = [med(x.c, 'banter', 'arrival.p50_ms'), med(x.c, 'node', 'arrival.p50_ms')];
+            return `${fmt(Number(x.c.split('-').pop()))}/s ${fmt(b)} vs ${fmt(n)} ms (${ratio(b, n)})`;
+          })
+          .join('; ') +
+        '.',
+    );
+  }
 }
 for (const c of idleCases) {
   out.push(

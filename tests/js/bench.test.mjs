@@ -77,6 +77,14 @@ describe('bench/compare, at a small size', () => {
           assert.equal(r.latency.count, r.received, `${server} ${name}: a latency sample per delivery`);
           assert.ok(r.latency.min_ms > 0 && r.latency.min_ms <= r.latency.p50_ms, `${server} ${name}: ${JSON.stringify(r.latency)}`);
           assert.ok(r.server_cpu_s !== null, `${server} ${name}: the server's CPU was read`);
+          if (name.includes('websocket')) {
+            // The kernel stamped every delivery as it reached its socket: never after it was read.
+            assert.equal(r.arrival.count, r.received, `${server} ${name}: an arrival stamp per delivery`);
+            assert.ok(r.arrival.min_ms > 0 && r.arrival.p50_ms <= r.latency.p50_ms && r.arrival.max_ms <= r.latency.max_ms,
+              `${server} ${name}: arrival ${JSON.stringify(r.arrival)} read ${JSON.stringify(r.latency)}`);
+          } else {
+            assert.equal(r.arrival.count, 0, `${server} ${name}: polling has no socket of its own to stamp`);
+          }
         } else {
           assert.equal(r.logged_in, 25, `${server} storm: every client logged in`);
           assert.ok(r.probe_all_s !== null, `${server} storm: the probe reached everyone`);
@@ -90,6 +98,7 @@ describe('bench/compare, at a small size', () => {
     }
     assert.match(report, /\| 130(\.00)? \| Banter \|/);
     assert.match(report, /\| 130(\.00)? \| Node \|/);
+    assert.ok(report.includes("### Arrival at the receivers' sockets (websocket"), 'report.md has the arrival table');
     // The floor (no server): one write() per delivery to as many sockets as there are receivers.
     const floor = rows.find((r) => r.server === 'floor' && r.case === 'fanout-websocket-130');
     assert.ok(floor, 'the floor was measured at the fan-out load');

@@ -19,6 +19,7 @@ use tokio::time::{sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::proto::{self, Engine, Sio};
+use crate::stamped::Stamped;
 use crate::stats::{latency_histogram, now_nanos};
 
 /// Outgoing Engine.IO packets of one client.
@@ -76,6 +77,10 @@ pub struct Shared {
     /// per client: a 3-digit histogram is a few hundred KiB, and a thousand of them, each touched
     /// at random, made the bench's cache misses its hottest spot.
     pub latency: Mutex<Histogram<u64>>,
+    /// The same messages timed to when they reached the receiver's socket (the kernel's receive
+    /// stamp, WebSocket only: see `stamped.rs`), µs: the server's part of the latency, without the
+    /// time the frame waited for the bench to read it.
+    pub arrival: Mutex<Histogram<u64>>,
     first_error: Mutex<Option<String>>,
 }
 
@@ -97,6 +102,7 @@ impl Shared {
             last_event_nanos: AtomicU64::default(),
             last_received_nanos: AtomicU64::default(),
             latency: Mutex::new(latency_histogram()),
+            arrival: Mutex::new(latency_histogram()),
             first_error: Mutex::new(None),
         })
     }
@@ -104,6 +110,11 @@ impl Shared {
     /// The latency of every timed message received so far, over all clients.
     pub fn latency(&self) -> Histogram<u64> {
         self.latency.lock().expect("not poisoned").clone()
+    }
+
+    /// Arrival latency (the kernel's receive stamp) of every timed message received so far.
+    pub fn arrival(&self) -> Histogram<u64> {
+        self.arrival.lock().expect("not poisoned").clone()
     }
 
     /// Keeps the first error seen, for the summary.
@@ -155,6 +166,8 @@ pub struct Client {
     /// Counts not yet added to `shared`: thousands of clients updating the same atomics for
     /// every event would make the bench itself the bottleneck.
     pending: Pending,
+    /// When the frame being handled reached the socket (Unix nanos), if the transport knows.
+    arrived_nanos: Option<u64>,
 }
 
 #[derive(Default)]
@@ -163,6 +176,8 @@ struct Pending {
     received: u64,
     /// Latency of the timed messages received, µs.
     latency_us: Vec<u64>,
+    /// Their arrival latency, µs, where the transport knows it.
+    arrival_us: Vec<u64>,
     last_event_nanos: u64,
     last_received_nanos: u64,
 }
@@ -184,6 +199,7 @@ impl Client {
             settled: false,
             permit,
             pending: Pending::default(),
+            arrived_nanos: None,
         }
     }
 
@@ -198,8 +214,10 @@ impl Client {
         }
         // The samples' vector keeps its capacity: on one thread this runs for every frame.
         let latency_us = std::mem::take(&mut self.pending.latency_us);
+        let arrival_us = std::mem::take(&mut self.pending.arrival_us);
         let mut p = std::mem::take(&mut self.pending);
         p.latency_us = latency_us;
+        p.arrival_us = arrival_us;
         let shared = &self.shared;
         shared.events.fetch_add(p.events, Relaxed);
         shared
@@ -217,8 +235,16 @@ impl Client {
                 latency.saturating_record(us.max(1));
             }
         }
+        if !p.arrival_us.is_empty() {
+            let mut arrival = shared.arrival.lock().expect("not poisoned");
+            for &us in &p.arrival_us {
+                arrival.saturating_record(us.max(1));
+            }
+        }
         p.latency_us.clear();
+        p.arrival_us.clear();
         self.pending.latency_us = p.latency_us;
+        self.pending.arrival_us = p.arrival_us;
     }
 
     fn is_ready(&self) -> bool {
@@ -274,6 +300,10 @@ impl Client {
                         if let Some(sent_at) = proto::timed_nanos(raw) {
                             let us = now.saturating_sub(sent_at) / 1000;
                             self.pending.latency_us.push(us);
+                            if let Some(arrived) = self.arrived_nanos {
+                                let us = arrived.saturating_sub(sent_at) / 1000;
+                                self.pending.arrival_us.push(us);
+                            }
                             self.pending.received += 1;
                             self.pending.last_received_nanos = now;
                         }
@@ -397,10 +427,19 @@ async fn run_websocket(
         "{}/socket.io/?EIO=4&transport=websocket",
         target.base.replacen("http", "ws", 1)
     );
-    let (mut ws, _) = timeout_at(
-        ready_deadline,
-        tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true),
-    )
+    let addr = target
+        .base
+        .split_once("://")
+        .map_or(target.base.as_str(), |(_, rest)| rest)
+        .to_owned();
+    let (mut ws, _) = timeout_at(ready_deadline, async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = Stamped::new(tcp)?;
+        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+            .await
+            .map_err(anyhow::Error::from)
+    })
     .await
     .context("websocket connect timed out")?
     .context("websocket connect")?;
@@ -429,6 +468,7 @@ async fn run_websocket(
             }
             frame = ws.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
+                    client.arrived_nanos = ws.get_ref().arrived_nanos();
                     if !client.on_engine(text.as_str(), out)? {
                         bail!("closed by the server");
                     }

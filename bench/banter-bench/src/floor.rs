@@ -60,6 +60,8 @@ pub fn read_side(addr: &str, sockets: usize) -> anyhow::Result<()> {
         for _ in 0..sockets {
             let mut stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
+            // Stamped as the bench's clients' sockets are, so the kernel does the same work.
+            crate::stamped::enable(std::os::fd::AsRawFd::as_raw_fd(&stream))?;
             readers.push(tokio::spawn(async move {
                 use tokio::io::AsyncReadExt;
                 let mut buf = vec![0u8; 2048];

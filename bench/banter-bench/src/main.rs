@@ -11,6 +11,7 @@ mod fleet;
 mod floor;
 mod proto;
 mod scenarios;
+mod stamped;
 mod stats;
 
 use std::time::Duration;

@@ -290,6 +290,7 @@ pub async fn fanout(common: &Common, p: &FanoutParams) -> anyhow::Result<Outcome
     let first_error = shared.first_error();
     fleet.finish().await;
     let latency = shared.latency();
+    let arrival = shared.arrival();
     let server_cpu = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) => Some(round2(a - b)),
         _ => None,
@@ -324,6 +325,12 @@ pub async fn fanout(common: &Common, p: &FanoutParams) -> anyhow::Result<Outcome
         "  delivered {delivered_per_s:.0}/s over {span_s:.2} s; latency {}",
         latency_line(&latency)
     );
+    if !arrival.is_empty() {
+        eprintln!(
+            "  arrival at the receivers' sockets (kernel stamp): {}",
+            latency_line(&arrival)
+        );
+    }
     if let Some(c) = server_cpu {
         eprintln!(
             "  server CPU {c:.2} s ({} µs per delivery); bench CPU {:.2} s",
@@ -365,6 +372,7 @@ pub async fn fanout(common: &Common, p: &FanoutParams) -> anyhow::Result<Outcome
             "delivered_per_s": delivered_per_s.round(),
             "delivery_span_s": round2(span_s),
             "latency": latency_json(&latency),
+            "arrival": latency_json(&arrival),
             "server_cpu_s": server_cpu,
             "server_cpu_us_per_delivery": cpu_us_per_delivery,
             "bench_cpu_s": bench_cpu,
