@@ -270,6 +270,72 @@ async fn redis_restart_is_survived_and_recovered() -> Result<()> {
     Ok(())
 }
 
+/// A Redis that stalls past the 2 s command timeout (`DEBUG SLEEP`, as a slow disk, a fork or an
+/// overloaded managed cache would) runs what it was sent once it wakes: each message is then
+/// delivered once, everywhere, under the id its sender's ack gives, in id order; nothing is
+/// delivered under an id of the instance's own.
+#[tokio::test]
+async fn a_stalled_redis_delays_messages_without_doubling_or_losing_them() -> Result<()> {
+    let Some(redis) = TestRedis::start_debuggable().await? else {
+        return Ok(());
+    };
+    let nodes = instances(2, &redis.url(), &[]).await?;
+    let (a, b) = (nodes[0].server(), nodes[1].server());
+    let mut a1 = TestClient::connect(&a, TransportType::Websocket).await?;
+    let mut a2 = TestClient::connect(&a, TransportType::Websocket).await?;
+    let mut b1 = TestClient::connect(&b, TransportType::Websocket).await?;
+    a1.join("a1").await?;
+    a2.join("a2").await?;
+    b1.join("b1").await?;
+    let before = send_all(&b1, &["before"]).await?;
+    a1.expect("new message").await?;
+    a2.expect("new message").await?;
+
+    let _stall = redis.stall(3).await?;
+    // One message early in the stall (its command times out after 2 s), one after that timeout,
+    // when the instance already counts Redis as away.
+    let (early, late) = tokio::join!(
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            a1.call("new message", json!("early")).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            a2.call("new message", json!("late")).await
+        }
+    );
+    let (early, late) = (early?, late?);
+    assert!(early["id"].is_u64(), "early: {early}");
+    assert!(late["id"].is_u64(), "late: {late}");
+    assert!(early["id"].as_u64() < late["id"].as_u64(), "{early} {late}");
+    assert!(before[0].as_u64() < early["id"].as_u64());
+
+    // Each of the others has each message once, with the acked id, in order.
+    let got = a2.expect("new message").await?;
+    assert_eq!(
+        (&got["message"], &got["id"]),
+        (&json!("early"), &early["id"])
+    );
+    let got = a1.expect("new message").await?;
+    assert_eq!((&got["message"], &got["id"]), (&json!("late"), &late["id"]));
+    for (text, ack) in [("early", &early), ("late", &late)] {
+        let got = b1.expect("new message").await?;
+        assert_eq!((&got["message"], &got["id"]), (&json!(text), &ack["id"]));
+    }
+    for client in [&mut a1, &mut a2, &mut b1] {
+        client.expect_none("new message").await?;
+    }
+    // And both are in the history, once.
+    let mut c1 = TestClient::connect(&b, TransportType::Websocket).await?;
+    let login = c1.join("c1").await?;
+    assert_eq!(
+        ids(&login["history"]),
+        vec![before[0].clone(), early["id"].clone(), late["id"].clone()],
+        "{login}"
+    );
+    Ok(())
+}
+
 /// Waits until `/readyz` says ready (or not ready).
 async fn wait_ready(url: &str, ready: bool) -> Result<()> {
     let want = if ready { 200 } else { 503 };

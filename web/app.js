@@ -87,6 +87,7 @@ const ERROR_TEXT = {
   invalid_name: "That nickname is not allowed",
   name_taken: "That nickname is taken, try another one",
   unavailable: "The server could not store the message, try again",
+  unconfirmed: "Not confirmed yet: it may still arrive",
   bad_request: "The server did not understand the request",
   timeout: "The server did not answer in time",
 };
@@ -286,7 +287,8 @@ function deliver(record) {
     // Ignore answers to an older attempt, or for a message the history already confirmed.
     if (record.attempt !== attempt || record.status !== "pending") return;
     if (err) markFailed(record, socketLost(err) ? "connection lost" : "no answer from the server", true);
-    else if (res?.error) markFailed(record, describeError(res.error), false);
+    // `unconfirmed`: the store may still take it; the history settles which.
+    else if (res?.error) markFailed(record, describeError(res.error), res.error.code === "unconfirmed");
     else if (res?.id != null) markSent(record, res.id, res.ts);
     else markFailed(record, "unexpected answer from the server", true);
   });

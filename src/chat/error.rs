@@ -18,6 +18,7 @@ pub enum ErrorCode {
     UnknownEvent,
     Replaced,
     Unavailable,
+    Unconfirmed,
 }
 
 impl ErrorCode {
@@ -34,6 +35,7 @@ impl ErrorCode {
             ErrorCode::UnknownEvent => "unknown_event",
             ErrorCode::Replaced => "replaced",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -53,6 +55,15 @@ impl ChatError {
             code,
             message: message.into(),
         }
+    }
+
+    /// The store did not say in time whether it took a message: it may still be stored and
+    /// broadcast (a client finds it in the history if so).
+    pub fn unconfirmed() -> Self {
+        Self::new(
+            ErrorCode::Unconfirmed,
+            "the server did not confirm this message in time; it may still arrive",
+        )
     }
 
     /// A storage back end failed. The detail goes to the log, not to the client.

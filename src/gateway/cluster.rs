@@ -135,6 +135,7 @@ pub async fn cluster_forever(cluster: Cluster) {
     };
     let deliver = {
         let ns = Arc::clone(&ns);
+        let store = Arc::clone(&store);
         async move {
             // As on a single instance: what has arrived by the time the task looks goes out
             // together, each socket's share in one write.
@@ -147,11 +148,14 @@ pub async fn cluster_forever(cluster: Cluster) {
                 let mut next = Some(payload);
                 while let Some(payload) = next.take() {
                     match redis::parse_published(&payload) {
-                        Some(p) => batch.push(Committed {
-                            room: LOBBY.to_owned(),
-                            sender: p.sender,
-                            message: p.message,
-                        }),
+                        Some(p) => {
+                            store.confirm_published(&p);
+                            batch.push(Committed {
+                                room: LOBBY.to_owned(),
+                                sender: p.sender,
+                                message: p.message,
+                            });
+                        }
                         None => tracing::warn!("unreadable message on the message channel"),
                     }
                     if batch.len() < super::MAX_BATCH {

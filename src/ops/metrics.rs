@@ -28,7 +28,7 @@ const REASONS: [DisconnectReason; 9] = [
 ];
 
 /// Every refusal code, in the order of `ErrorCode`'s variants, for the per-code counters.
-const CODES: [ErrorCode; 11] = [
+const CODES: [ErrorCode; 12] = [
     ErrorCode::BadRequest,
     ErrorCode::NotJoined,
     ErrorCode::AlreadyJoined,
@@ -40,6 +40,7 @@ const CODES: [ErrorCode; 11] = [
     ErrorCode::UnknownEvent,
     ErrorCode::Replaced,
     ErrorCode::Unavailable,
+    ErrorCode::Unconfirmed,
 ];
 
 /// Upper bounds of the message latency histogram, in seconds.

@@ -369,6 +369,27 @@ impl TestRedis {
         Self::start_with(Vec::new(), false, None).await
     }
 
+    /// Starts a plain Redis that takes `DEBUG` commands from loopback (`DEBUG SLEEP` stalls it).
+    pub async fn start_debuggable() -> Result<Option<Self>> {
+        let args = vec!["--enable-debug-command".into(), "local".into()];
+        Self::start_with(args, false, None).await
+    }
+
+    /// Makes the server stall for `seconds` (`DEBUG SLEEP`): it reads, runs and answers nothing
+    /// meanwhile, then carries on with what it was sent. Returns once the command is sent.
+    pub async fn stall(&self, seconds: u32) -> Result<tokio::net::TcpStream> {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let n = seconds.to_string();
+        let cmd = format!(
+            "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${}\r\n{n}\r\n",
+            n.len()
+        );
+        conn.write_all(cmd.as_bytes()).await?;
+        // The connection is handed back: closing it at once could end the command early.
+        Ok(conn)
+    }
+
     /// Starts a Redis that takes only TLS with the given certificate files, and a password.
     pub async fn start_tls(certs: &TestCerts, password: &str) -> Result<Option<Self>> {
         let args = vec![

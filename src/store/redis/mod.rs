@@ -54,12 +54,21 @@ pub struct RedisOptions {
 #[derive(Debug, Default)]
 pub struct RedisHealth {
     down: AtomicBool,
+    /// The last failure was a command that took too long (a stalled or unresponsive Redis), not a
+    /// refused or dropped connection: what was sent may still run.
+    stalled: AtomicBool,
     reconnects: AtomicU64,
 }
 
 impl RedisHealth {
     pub fn is_up(&self) -> bool {
         !self.down.load(Ordering::Relaxed)
+    }
+
+    /// Whether Redis is away because its last command timed out (it may still run it), rather
+    /// than because the connection is refused or broken.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     /// How many times Redis came back after being lost.
@@ -70,12 +79,14 @@ impl RedisHealth {
     pub fn observe<T>(&self, what: &str, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
         match &result {
             Ok(_) => {
+                self.stalled.store(false, Ordering::Relaxed);
                 if self.down.swap(false, Ordering::Relaxed) {
                     let n = self.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::info!(reconnects = n, "Redis is reachable again");
                 }
             }
             Err(err) => {
+                self.stalled.store(err.is_timeout(), Ordering::Relaxed);
                 if !self.down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(%err, what, "Redis is unreachable; local chat goes on, cross-instance delivery is paused");
                 } else {

@@ -4,11 +4,14 @@
 //! for a nickname or an expiry see one consistent order. Keys of a room share a hash tag
 //! (`banter:{lobby}:…`), so a room's scripts run on one shard in a Redis Cluster too.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::Script;
 use serde::Deserialize;
+use tokio::sync::oneshot;
 
 use super::RedisHealth;
 use super::conn::RedisConn;
@@ -20,6 +23,11 @@ use crate::chat::{
 
 /// The prefix of every key and channel Banter uses.
 const PREFIX: &str = "banter";
+
+/// How long a message whose store command timed out waits for the command's own publication
+/// before its sender is told `unconfirmed`. With the 2 s command timeout, 8 s in all: under the
+/// chat page's 10 s ack timeout.
+const CONFIRM_WAIT: Duration = Duration::from_secs(6);
 
 struct Scripts {
     join: Script,
@@ -41,6 +49,79 @@ pub struct RedisStore {
     scripts: Scripts,
     /// The greatest message id this instance has seen assigned, for ids given while Redis is away.
     last_local_id: AtomicU64,
+    /// Messages of this instance's senders on their way through Redis (see [`Unconfirmed`]).
+    unconfirmed: Unconfirmed,
+}
+
+/// This instance's appends in flight, by sender connection: if the store command times out (a
+/// stalled Redis), the script may still run when Redis wakes up, and its publication on the
+/// messages channel is then the only word of the id it got. Such a message is neither delivered
+/// here under an id of this instance's own (it would be delivered twice, under two ids, out of
+/// order) nor acked before that word comes.
+#[derive(Default)]
+struct Unconfirmed {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<String, Vec<Waiter>>>,
+}
+
+struct Waiter {
+    token: u64,
+    username: String,
+    message: String,
+    tx: oneshot::Sender<StoredMessage>,
+}
+
+impl Unconfirmed {
+    /// Registers an append before its command is sent, so that its publication cannot come back
+    /// before anyone listens for it.
+    fn expect(
+        &self,
+        sender: &str,
+        username: &str,
+        message: &str,
+    ) -> (u64, oneshot::Receiver<StoredMessage>) {
+        let (tx, rx) = oneshot::channel();
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        let waiter = Waiter {
+            token,
+            username: username.to_owned(),
+            message: message.to_owned(),
+            tx,
+        };
+        let mut waiting = self.waiting.lock().expect("not poisoned");
+        waiting.entry(sender.to_owned()).or_default().push(waiter);
+        (token, rx)
+    }
+
+    fn forget(&self, sender: &str, token: u64) {
+        let mut waiting = self.waiting.lock().expect("not poisoned");
+        if let Some(list) = waiting.get_mut(sender) {
+            list.retain(|w| w.token != token);
+            if list.is_empty() {
+                waiting.remove(sender);
+            }
+        }
+    }
+
+    /// A message came back on the messages channel: the oldest waiting append of its sender with
+    /// the same text learns the id it was stored under.
+    fn confirm(&self, published: &Published) {
+        let mut waiting = self.waiting.lock().expect("not poisoned");
+        let Some(list) = waiting.get_mut(&published.sender) else {
+            return;
+        };
+        let m = &published.message;
+        if let Some(at) = list
+            .iter()
+            .position(|w| w.username == m.username && w.message == m.message)
+        {
+            let waiter = list.remove(at);
+            let _ = waiter.tx.send(m.clone());
+        }
+        if list.is_empty() {
+            waiting.remove(&published.sender);
+        }
+    }
 }
 
 /// The keys of one room.
@@ -180,6 +261,7 @@ impl RedisStore {
             grace_ms,
             history_len,
             last_local_id: AtomicU64::new(0),
+            unconfirmed: Unconfirmed::default(),
             scripts: Scripts {
                 join: Script::new(include_str!("lua/join.lua")),
                 leave: Script::new(include_str!("lua/leave.lua")),
@@ -194,6 +276,12 @@ impl RedisStore {
 
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// A message published on the messages channel (by any instance): if it is one of this
+    /// instance's appends whose command timed out, its sender's ack can now say its id.
+    pub fn confirm_published(&self, published: &Published) {
+        self.unconfirmed.confirm(published);
     }
 
     /// A message accepted while Redis is unreachable: it gets an id from this instance's clock
@@ -478,12 +566,15 @@ impl History for RedisStore {
         message: &'a str,
     ) -> StoreFuture<'a, Appended> {
         Box::pin(async move {
-            if !self.health.is_up() {
+            // Redis refused or dropped the connection: local chat goes on (docs/scaling.md). A
+            // Redis that stalled is still tried: what is sent runs, in order, when it wakes.
+            if !self.health.is_up() && !self.health.is_stalled() {
                 return Ok(self.unstored(username, message));
             }
             let k = keys(room);
             let now = now_millis();
             let body = serde_json::json!({ "username": username, "message": message }).to_string();
+            let (token, published) = self.unconfirmed.expect(sender, username, message);
             let result: redis::RedisResult<(String, String)> = self
                 .scripts
                 .append
@@ -497,8 +588,31 @@ impl History for RedisStore {
                 .arg(self.conn.publish_command())
                 .invoke_async(&mut self.conn.clone())
                 .await;
-            let Ok((id, ts)) = self.health.observe("append", result) else {
-                return Ok(self.unstored(username, message));
+            let (id, ts) = match self.health.observe("append", result) {
+                Ok(stored) => {
+                    self.unconfirmed.forget(sender, token);
+                    stored
+                }
+                Err(err) if err.is_timeout() => {
+                    // The script may still run: wait for its publication rather than deliver
+                    // it here under another id.
+                    let stored = tokio::time::timeout(CONFIRM_WAIT, published).await;
+                    self.unconfirmed.forget(sender, token);
+                    return match stored {
+                        Ok(Ok(message)) => {
+                            self.last_local_id.fetch_max(message.id, Ordering::Relaxed);
+                            Ok(Appended {
+                                message,
+                                published: true,
+                            })
+                        }
+                        _ => Err(ChatError::unconfirmed()),
+                    };
+                }
+                Err(_) => {
+                    self.unconfirmed.forget(sender, token);
+                    return Ok(self.unstored(username, message));
+                }
             };
             let parse = |s: &str| s.parse::<u64>().map_err(|_| ChatError::unavailable());
             let (id, ts) = (parse(&id)?, parse(&ts)?);
