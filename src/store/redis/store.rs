@@ -678,6 +678,49 @@ impl History for RedisStore {
 mod tests {
     use super::*;
 
+    fn published(sender: &str, id: u64, username: &str, message: &str) -> Published {
+        Published {
+            sender: sender.to_owned(),
+            message: StoredMessage {
+                id,
+                ts: id / 1000,
+                username: username.to_owned(),
+                message: message.to_owned(),
+            },
+        }
+    }
+
+    /// A publication settles the oldest waiting append of its sender with the same text; others'
+    /// messages and other texts settle nothing; a settled or forgotten append leaves no entry.
+    #[test]
+    fn publications_settle_their_own_appends_in_order() {
+        let u = Unconfirmed::default();
+        let (t1, mut first) = u.expect("s1", "ann", "same");
+        let (_t2, mut second) = u.expect("s1", "ann", "same");
+        let (t3, mut other) = u.expect("s1", "ann", "other");
+        let (_, mut elsewhere) = u.expect("s2", "bob", "same");
+
+        u.confirm(&published("s3", 7, "ann", "same"));
+        u.confirm(&published("s1", 8, "ann", "different"));
+        assert!(first.try_recv().is_err() && other.try_recv().is_err());
+
+        u.confirm(&published("s1", 9, "ann", "same"));
+        assert_eq!(first.try_recv().unwrap().id, 9);
+        assert!(second.try_recv().is_err());
+        u.confirm(&published("s1", 10, "ann", "same"));
+        assert_eq!(second.try_recv().unwrap().id, 10);
+        assert!(elsewhere.try_recv().is_err());
+
+        u.forget("s1", t1);
+        u.forget("s1", t3);
+        assert!(!u.waiting.lock().unwrap().contains_key("s1"));
+        assert!(
+            other.try_recv().is_err(),
+            "a forgotten append hears nothing"
+        );
+        assert_eq!(u.waiting.lock().unwrap().len(), 1);
+    }
+
     #[test]
     fn stored_items_parse() {
         let m = parse_item(r#"1795645185072000 1795645185072 {"username":"a b","message":"x y"}"#)
