@@ -241,6 +241,10 @@ async fn redis_restart_is_survived_and_recovered() -> Result<()> {
     let ack = a1.call("new message", json!("during the outage")).await?;
     assert!(ack["id"].is_u64(), "{ack}");
     assert_eq!(
+        ack["localOnly"], true,
+        "the sender is told it reached this instance only"
+    );
+    assert_eq!(
         a2.expect("new message").await?["message"],
         "during the outage"
     );
@@ -307,6 +311,7 @@ async fn a_stalled_redis_delays_messages_without_doubling_or_losing_them() -> Re
     let (early, late) = (early?, late?);
     assert!(early["id"].is_u64(), "early: {early}");
     assert!(late["id"].is_u64(), "late: {late}");
+    assert!(early.get("localOnly").is_none() && late.get("localOnly").is_none());
     assert!(early["id"].as_u64() < late["id"].as_u64(), "{early} {late}");
     assert!(before[0].as_u64() < early["id"].as_u64());
 

@@ -246,8 +246,10 @@ function setDelivery(record, status, detail) {
 // socket.io fails pending acks with this error when the connection drops.
 const socketLost = (err) => /disconnected/.test(err?.message || "");
 
-function markSent(record, id, ts) {
+function markSent(record, id, ts, localOnly) {
   setDelivery(record, "sent");
+  // Redis unreachable: the server's instance delivered it to the people on it, and kept nothing.
+  if (localOnly) record.el.append(el("p", "delivery", "Only people on this server got it; it is not kept in the history."));
   record.el.dataset.id = String(id);
   // Shown (its copy in a later history is dropped), but not counted in lastId: with several
   // instances, the ack of our message can arrive before earlier messages of others that are
@@ -289,7 +291,7 @@ function deliver(record) {
     if (err) markFailed(record, socketLost(err) ? "connection lost" : "no answer from the server", true);
     // `unconfirmed`: the store may still take it; the history settles which.
     else if (res?.error) markFailed(record, describeError(res.error), res.error.code === "unconfirmed");
-    else if (res?.id != null) markSent(record, res.id, res.ts);
+    else if (res?.id != null) markSent(record, res.id, res.ts, res.localOnly === true);
     else markFailed(record, "unexpected answer from the server", true);
   });
 }

@@ -21,6 +21,9 @@ pub struct Appended {
     /// instance's delivery task, or to every instance through Redis); false when the caller must
     /// broadcast it (a store made with `MemoryHistory::new`, or Redis unreachable).
     pub published: bool,
+    /// False when the message could not be stored and reaches only this instance's sockets
+    /// (Redis unreachable): the sender's ack says so.
+    pub stored: bool,
 }
 
 /// What a joining client is sent: messages oldest first, and whether they are all it missed.

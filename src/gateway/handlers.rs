@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::ChatContext;
 use super::announce::replace_socket;
 use super::conn::{Conn, Member, Rates};
-use crate::chat::{ChatError, ErrorCode, JoinRequest, LOBBY, StoredMessage, now_millis};
+use crate::chat::{Appended, ChatError, ErrorCode, JoinRequest, LOBBY, now_millis};
 use crate::config::net::Client;
 use crate::gateway::protocol::{
     AddUser, Auth, Login, MessageAck, Refusal, Typing, UserList, inbound, outbound,
@@ -245,11 +245,12 @@ async fn new_message(
     let arrived = std::time::Instant::now();
     METRICS.message_received();
     match post_message(ctx, socket, conn, arg).await {
-        Ok(stored) => {
+        Ok(appended) => {
             METRICS.message_accepted(arrived.elapsed());
             reply.ok(&MessageAck {
-                id: stored.id,
-                ts: stored.ts,
+                id: appended.message.id,
+                ts: appended.message.ts,
+                local_only: !appended.stored,
             });
         }
         Err(err) => reply.refuse(socket, &err),
@@ -261,7 +262,7 @@ async fn post_message(
     socket: &Socket,
     conn: &Conn,
     arg: Option<Value>,
-) -> Result<StoredMessage, ChatError> {
+) -> Result<Appended, ChatError> {
     let member = conn.member().ok_or_else(|| {
         ChatError::new(
             ErrorCode::NotJoined,
@@ -297,7 +298,7 @@ async fn post_message(
             &appended.message,
         );
     }
-    Ok(appended.message)
+    Ok(appended)
 }
 
 fn announce_typing(socket: &Socket, conn: &Conn, typing: bool) {

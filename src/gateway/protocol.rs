@@ -119,6 +119,10 @@ pub struct Typing<'a> {
 pub struct MessageAck {
     pub id: u64,
     pub ts: u64,
+    /// Only when true: the message reached this instance's sockets only and is not in the
+    /// history (Redis unreachable; docs/scaling.md).
+    #[serde(rename = "localOnly", skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
 }
 
 /// The ack of `list users`.

@@ -351,6 +351,7 @@ impl History for MemoryHistory {
             Ok(Appended {
                 message: stored,
                 published,
+                stored: true,
             })
         })
     }

@@ -260,6 +260,7 @@ impl History for SqliteHistory {
             Ok(Appended {
                 message,
                 published: true,
+                stored: true,
             })
         })
     }

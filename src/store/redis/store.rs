@@ -311,6 +311,7 @@ impl RedisStore {
                 message: message.to_owned(),
             },
             published: false,
+            stored: false,
         }
     }
 
@@ -604,6 +605,7 @@ impl History for RedisStore {
                             Ok(Appended {
                                 message,
                                 published: true,
+                                stored: true,
                             })
                         }
                         _ => Err(ChatError::unconfirmed()),
@@ -625,6 +627,7 @@ impl History for RedisStore {
                     message: message.to_owned(),
                 },
                 published: true,
+                stored: true,
             })
         })
     }
