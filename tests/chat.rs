@@ -639,3 +639,22 @@ async fn a_join_that_races_the_connection_closing_leaves_no_ghost() -> Result<()
     observer.disconnect().await?;
     server.shutdown().await
 }
+
+/// JavaScript strings can hold half an emoji (a lone UTF-16 surrogate), and `JSON.stringify`
+/// sends it as an escape that Node's server takes. Banter takes it too: the half becomes U+FFFD.
+#[tokio::test]
+async fn half_an_emoji_is_taken_as_a_replacement_character() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut a = TestClient::connect(&server, TransportType::Websocket).await?;
+    a.join("alice").await?;
+    let raw = RawPolling::connect(&server, None).await?;
+    raw.post(r#"420["add user","cut \ud83d"]"#).await?;
+    let login = raw.poll().await?;
+    assert!(login.contains("\"username\":\"cut \u{fffd}\""), "{login}");
+    assert_eq!(a.expect("user joined").await?["username"], "cut \u{fffd}");
+    raw.post(r#"421["new message","a \ud83d\ude00 and a \ude00 half"]"#)
+        .await?;
+    let got = a.expect("new message").await?;
+    assert_eq!(got["message"], "a \u{1f600} and a \u{fffd} half");
+    Ok(())
+}

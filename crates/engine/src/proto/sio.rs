@@ -292,6 +292,65 @@ fn array(data: &str) -> Result<Vec<Box<RawValue>>, DecodeError> {
     serde_json::from_str(data).map_err(|_| DecodeError::InvalidJson)
 }
 
+/// The JSON text with every `\u` escape of a lone UTF-16 surrogate replaced by `\ufffd` (the
+/// replacement character), or `None` if it has none. JavaScript strings may hold lone surrogates
+/// (an emoji cut in half) and `JSON.stringify` writes them as such escapes, which Node's
+/// `JSON.parse` takes; a Rust string cannot hold them, so serde refuses the whole value. Called
+/// only when a value failed to parse, to read it as the browser's `TextEncoder` would.
+pub fn replace_lone_surrogates(json: &str) -> Option<String> {
+    let b = json.as_bytes();
+    let is_high = |u: u16| (0xD800..0xDC00).contains(&u);
+    let is_low = |u: u16| (0xDC00..0xE000).contains(&u);
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        // An escape: `\uXXXX`, or a backslash and one character (`\\` among them).
+        let unit = if b.get(i + 1) == Some(&b'u') {
+            hex4(b, i + 2)
+        } else {
+            None
+        };
+        let Some(unit) = unit else {
+            i += 2;
+            continue;
+        };
+        if is_high(unit)
+            && b.get(i + 6..i + 8) == Some(b"\\u")
+            && hex4(b, i + 8).is_some_and(is_low)
+        {
+            i += 12;
+            continue;
+        }
+        if !is_high(unit) && !is_low(unit) {
+            i += 6;
+            continue;
+        }
+        let o = out.get_or_insert_with(|| String::with_capacity(json.len()));
+        o.push_str(&json[copied..i]);
+        o.push_str("\\ufffd");
+        i += 6;
+        copied = i;
+    }
+    out.map(|mut o| {
+        o.push_str(&json[copied..]);
+        o
+    })
+}
+
+/// Four hex digits at `at`, as a UTF-16 code unit.
+fn hex4(b: &[u8], at: usize) -> Option<u16> {
+    let digits = b.get(at..at + 4)?;
+    digits.iter().try_fold(0u16, |unit, &d| {
+        let v = (d as char).to_digit(16)?;
+        Some((unit << 4) | v as u16)
+    })
+}
+
 /// Whether a raw argument is a binary placeholder, and for which attachment.
 pub fn placeholder(arg: &RawValue) -> Option<u64> {
     #[derive(serde::Deserialize)]
@@ -812,6 +871,41 @@ mod tests {
             a.binary(bytes::Bytes::from_static(b"6789")),
             Err(AssembleError::AttachmentsTooLarge)
         );
+    }
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let fix = |json: &str| replace_lone_surrogates(json);
+        assert_eq!(fix(r#""a\ud800b""#).as_deref(), Some(r#""a\ufffdb""#));
+        assert_eq!(fix(r#""\udc00""#).as_deref(), Some(r#""\ufffd""#));
+        // A high surrogate followed by something else than a low one.
+        assert_eq!(
+            fix(r#""\ud83d\u0041""#).as_deref(),
+            Some(r#""\ufffd\u0041""#)
+        );
+        assert_eq!(fix(r#""\uD83D""#).as_deref(), Some(r#""\ufffd""#));
+        // Pairs, other escapes and an escaped backslash before "ud800" are left alone.
+        assert_eq!(fix(r#""\ud83d\ude00 \u00e9 \n \"""#), None);
+        assert_eq!(fix(r#""\\ud800""#), None);
+        assert_eq!(
+            fix(r#"{"k":"\ud800","n":[1,"\udfff"]}"#).as_deref(),
+            Some(r#"{"k":"\ufffd","n":[1,"\ufffd"]}"#)
+        );
+        // Truncated escapes are left for the parser to refuse.
+        assert_eq!(fix(r#""\ud8"#), None);
+    }
+
+    proptest::proptest! {
+        /// Any sequence of UTF-16 code units, written as JSON escapes (as `JSON.stringify` does
+        /// for lone surrogates), reads as the lossy UTF-8 of those units once repaired.
+        #[test]
+        fn any_utf16_reads_as_its_lossy_utf8(units in proptest::collection::vec(proptest::num::u16::ANY, 0..12)) {
+            let escaped: String = units.iter().map(|u| format!("\\u{u:04x}")).collect();
+            let json = format!("\"{escaped}\"");
+            let fixed = replace_lone_surrogates(&json).unwrap_or(json);
+            let read: String = serde_json::from_str(&fixed).unwrap();
+            proptest::prop_assert_eq!(read, String::from_utf16_lossy(&units));
+        }
     }
 
     proptest::proptest! {

@@ -176,9 +176,17 @@ pub struct Event {
 }
 
 impl Event {
-    /// Argument `i`, parsed as `T`.
+    /// Argument `i`, parsed as `T`. Lone UTF-16 surrogates in its strings (which JavaScript
+    /// allows) are read as replacement characters rather than refusing the whole argument.
     pub fn arg<T: serde::de::DeserializeOwned>(&self, i: usize) -> Option<serde_json::Result<T>> {
-        self.args.get(i).map(|raw| serde_json::from_str(raw.get()))
+        self.args.get(i).map(|raw| {
+            serde_json::from_str(raw.get()).or_else(|err| {
+                match crate::proto::sio::replace_lone_surrogates(raw.get()) {
+                    Some(fixed) => serde_json::from_str(&fixed),
+                    None => Err(err),
+                }
+            })
+        })
     }
 }
 
