@@ -71,15 +71,29 @@ struct Waiter {
     tx: oneshot::Sender<StoredMessage>,
 }
 
+/// An append registered with [`Unconfirmed::expect`], forgotten when dropped.
+struct Expecting<'a> {
+    unconfirmed: &'a Unconfirmed,
+    sender: &'a str,
+    token: u64,
+}
+
+impl Drop for Expecting<'_> {
+    fn drop(&mut self) {
+        self.unconfirmed.forget(self.sender, self.token);
+    }
+}
+
 impl Unconfirmed {
     /// Registers an append before its command is sent, so that its publication cannot come back
-    /// before anyone listens for it.
-    fn expect(
-        &self,
-        sender: &str,
+    /// before anyone listens for it. The registration ends when the returned guard is dropped,
+    /// whichever way the append ends (a handler dropped mid-way included).
+    fn expect<'a>(
+        &'a self,
+        sender: &'a str,
         username: &str,
         message: &str,
-    ) -> (u64, oneshot::Receiver<StoredMessage>) {
+    ) -> (Expecting<'a>, oneshot::Receiver<StoredMessage>) {
         let (tx, rx) = oneshot::channel();
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let waiter = Waiter {
@@ -90,7 +104,12 @@ impl Unconfirmed {
         };
         let mut waiting = self.waiting.lock().expect("not poisoned");
         waiting.entry(sender.to_owned()).or_default().push(waiter);
-        (token, rx)
+        let guard = Expecting {
+            unconfirmed: self,
+            sender,
+            token,
+        };
+        (guard, rx)
     }
 
     fn forget(&self, sender: &str, token: u64) {
@@ -575,7 +594,7 @@ impl History for RedisStore {
             let k = keys(room);
             let now = now_millis();
             let body = serde_json::json!({ "username": username, "message": message }).to_string();
-            let (token, published) = self.unconfirmed.expect(sender, username, message);
+            let (expecting, published) = self.unconfirmed.expect(sender, username, message);
             let result: redis::RedisResult<(String, String)> = self
                 .scripts
                 .append
@@ -591,14 +610,14 @@ impl History for RedisStore {
                 .await;
             let (id, ts) = match self.health.observe("append", result) {
                 Ok(stored) => {
-                    self.unconfirmed.forget(sender, token);
+                    drop(expecting);
                     stored
                 }
                 Err(err) if err.is_timeout() => {
                     // The script may still run: wait for its publication rather than deliver
                     // it here under another id.
                     let stored = tokio::time::timeout(CONFIRM_WAIT, published).await;
-                    self.unconfirmed.forget(sender, token);
+                    drop(expecting);
                     return match stored {
                         Ok(Ok(message)) => {
                             self.last_local_id.fetch_max(message.id, Ordering::Relaxed);
@@ -612,7 +631,7 @@ impl History for RedisStore {
                     };
                 }
                 Err(_) => {
-                    self.unconfirmed.forget(sender, token);
+                    drop(expecting);
                     return Ok(self.unstored(username, message));
                 }
             };
@@ -698,10 +717,10 @@ mod tests {
     #[test]
     fn publications_settle_their_own_appends_in_order() {
         let u = Unconfirmed::default();
-        let (t1, mut first) = u.expect("s1", "ann", "same");
-        let (_t2, mut second) = u.expect("s1", "ann", "same");
-        let (t3, mut other) = u.expect("s1", "ann", "other");
-        let (_, mut elsewhere) = u.expect("s2", "bob", "same");
+        let (g1, mut first) = u.expect("s1", "ann", "same");
+        let (g2, mut second) = u.expect("s1", "ann", "same");
+        let (g3, mut other) = u.expect("s1", "ann", "other");
+        let (_g4, mut elsewhere) = u.expect("s2", "bob", "same");
 
         u.confirm(&published("s3", 7, "ann", "same"));
         u.confirm(&published("s1", 8, "ann", "different"));
@@ -714,8 +733,7 @@ mod tests {
         assert_eq!(second.try_recv().unwrap().id, 10);
         assert!(elsewhere.try_recv().is_err());
 
-        u.forget("s1", t1);
-        u.forget("s1", t3);
+        drop((g1, g2, g3));
         assert!(!u.waiting.lock().unwrap().contains_key("s1"));
         assert!(
             other.try_recv().is_err(),
