@@ -68,7 +68,8 @@ struct Waiter {
     token: u64,
     username: String,
     message: String,
-    tx: oneshot::Sender<StoredMessage>,
+    /// The id and timestamp the message was stored under.
+    tx: oneshot::Sender<(u64, u64)>,
 }
 
 /// An append registered with [`Unconfirmed::expect`], forgotten when dropped.
@@ -93,7 +94,7 @@ impl Unconfirmed {
         sender: &'a str,
         username: &str,
         message: &str,
-    ) -> (Expecting<'a>, oneshot::Receiver<StoredMessage>) {
+    ) -> (Expecting<'a>, oneshot::Receiver<(u64, u64)>) {
         let (tx, rx) = oneshot::channel();
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let waiter = Waiter {
@@ -135,7 +136,7 @@ impl Unconfirmed {
             .position(|w| w.username == m.username && w.message == m.message)
         {
             let waiter = list.remove(at);
-            let _ = waiter.tx.send(m.clone());
+            let _ = waiter.tx.send((m.id, m.ts));
         }
         if list.is_empty() {
             waiting.remove(&published.sender);
@@ -609,34 +610,26 @@ impl History for RedisStore {
                 .invoke_async(&mut self.conn.clone())
                 .await;
             let (id, ts) = match self.health.observe("append", result) {
-                Ok(stored) => {
+                Ok((id, ts)) => {
                     drop(expecting);
-                    stored
+                    let parse = |s: &str| s.parse::<u64>().map_err(|_| ChatError::unavailable());
+                    (parse(&id)?, parse(&ts)?)
                 }
                 Err(err) if err.is_timeout() => {
                     // The script may still run: wait for its publication rather than deliver
                     // it here under another id.
                     let stored = tokio::time::timeout(CONFIRM_WAIT, published).await;
                     drop(expecting);
-                    return match stored {
-                        Ok(Ok(message)) => {
-                            self.last_local_id.fetch_max(message.id, Ordering::Relaxed);
-                            Ok(Appended {
-                                message,
-                                published: true,
-                                stored: true,
-                            })
-                        }
-                        _ => Err(ChatError::unconfirmed()),
-                    };
+                    match stored {
+                        Ok(Ok(stored)) => stored,
+                        _ => return Err(ChatError::unconfirmed()),
+                    }
                 }
                 Err(_) => {
                     drop(expecting);
                     return Ok(self.unstored(username, message));
                 }
             };
-            let parse = |s: &str| s.parse::<u64>().map_err(|_| ChatError::unavailable());
-            let (id, ts) = (parse(&id)?, parse(&ts)?);
             self.last_local_id.fetch_max(id, Ordering::Relaxed);
             Ok(Appended {
                 message: StoredMessage {
@@ -727,10 +720,10 @@ mod tests {
         assert!(first.try_recv().is_err() && other.try_recv().is_err());
 
         u.confirm(&published("s1", 9, "ann", "same"));
-        assert_eq!(first.try_recv().unwrap().id, 9);
+        assert_eq!(first.try_recv().unwrap().0, 9);
         assert!(second.try_recv().is_err());
         u.confirm(&published("s1", 10, "ann", "same"));
-        assert_eq!(second.try_recv().unwrap().id, 10);
+        assert_eq!(second.try_recv().unwrap().0, 10);
         assert!(elsewhere.try_recv().is_err());
 
         drop((g1, g2, g3));
